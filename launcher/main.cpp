@@ -1,0 +1,67 @@
+// `pcluster`: one MPI program for the whole job. Rank 0 is the controller (and starts the
+// bridge), ranks 1..N-1 are engines. Run it as `mpirun -n N pcluster [options]`.
+#include <mpi.h>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "controller.hpp"
+#include "engine.hpp"
+
+int main(int argc, char** argv) {
+    pcluster::controller::options opt;
+    CLI::App app{"pcluster: interactive parallel Python over MPI.\n"
+                 "Start with `mpirun -n N pcluster`: rank 0 becomes the controller, ranks 1..N-1 Python engines;\n"
+                 "clients attach through the connection file with pcluster.Client()."};
+    app.add_option("-f,--connection-file", opt.connection_file,
+                   "where to write the connection file (default: $PCLUSTER_CONNECTION_FILE or ~/.pcluster/connection.json)");
+    app.add_option("--ip", opt.ip, "address the bridge listens on (default 127.0.0.1; 0.0.0.0 for all interfaces)");
+    app.add_option("--port", opt.port, "TCP port for clients (default: a free port)")->check(CLI::Range(0, 65535));
+    app.add_option("--log-level", opt.log_level, "trace, debug, info, warn, error")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+    // Parse before MPI_Init so --help and bad options need no MPI job at all.
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    }
+    spdlog::set_level(spdlog::level::from_str(opt.log_level));
+    spdlog::set_pattern("pcluster %^%l%$: %v");
+
+    int provided = 0;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+    int rank = 0, size = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (size < 2) {
+        std::fprintf(stderr,
+                     "pcluster: needs at least 2 MPI ranks (rank 0 is the controller, the others are engines).\n"
+                     "          Start it with e.g. `mpirun -n 5 pcluster` for 4 engines.\n");
+        MPI_Finalize();
+        return 2;
+    }
+    if (provided < MPI_THREAD_MULTIPLE && rank == 0)
+        spdlog::warn("the MPI library gives thread level {} rather than MPI_THREAD_MULTIPLE", provided);
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+
+    int status = 0;
+    try {
+        if (rank == 0) {
+            std::error_code ec;
+            auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+            opt.bridge_path = (exe.parent_path() / "pcluster-bridge").string();
+            status = pcluster::controller::run(MPI_COMM_WORLD, opt);
+        } else {
+            status = pcluster::engine::run(MPI_COMM_WORLD);
+        }
+    } catch (const std::exception& e) {
+        // An uncaught error on any rank ends the whole job with a reason, not a hang.
+        spdlog::critical("rank {}: {}", rank, e.what());
+        MPI_Abort(MPI_COMM_WORLD, 4);
+    }
+    MPI_Finalize();
+    return status;
+}

@@ -1,0 +1,523 @@
+#include "controller.hpp"
+
+#include <boost/mpi/collectives.hpp>
+#include <boost/mpi/communicator.hpp>
+#include <boost/serialization/string.hpp>
+#include <boost/serialization/vector.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <list>
+#include <memory>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <system_error>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "pcluster/protocol/codec.hpp"
+#include "pcluster/protocol/mpi_wire.hpp"
+#include "pcluster/protocol/stream.hpp"
+
+extern char** environ;
+
+namespace pcluster::controller {
+
+namespace proto = pcluster::protocol;
+namespace wire = pcluster::mpi_wire;
+
+namespace detail {
+
+volatile std::sig_atomic_t stop_requested = 0;
+extern "C" void on_signal(int) { stop_requested = 1; }
+
+std::string hostname() {
+    char buf[256] = {0};
+    gethostname(buf, sizeof buf - 1);
+    return buf;
+}
+
+// A request the bridge handed over, with what routing needs.
+struct op {
+    proto::received_frame frame;
+    proto::route r;
+    std::vector<int> targets;  // resolved: never empty
+    bool shutdown = false;
+    bool internal = false;     // made by the controller itself; replies are dropped
+};
+
+// An MPI operation in flight: completes when all `reqs` are done, then `then` runs.
+struct inflight {
+    std::vector<MPI_Request> reqs;
+    std::function<void()> then;
+};
+
+class controller {
+public:
+    // Collective over `world` (the engines duplicate it in the same order).
+    explicit controller(MPI_Comm world) {
+        wire::check(MPI_Comm_dup(world, &bcomm_), "MPI_Comm_dup");
+        wire::check(MPI_Comm_dup(world, &p2p_), "MPI_Comm_dup");
+        int size;
+        MPI_Comm_size(world, &size);
+        n_ = size - 1;
+        p2p_sent_.assign(n_, 0);
+    }
+    ~controller() {
+        MPI_Comm_free(&bcomm_);
+        MPI_Comm_free(&p2p_);
+    }
+
+    // The bridge's socket, or -1 when the bridge failed to start (the job then stops at once).
+    void set_bridge(int fd) { bridge_fd_ = fd; }
+
+    // Event loop. Returns once the shutdown request's replies reached the bridge (or the bridge
+    // is gone and engines were told to stop).
+    void run() {
+        wire::backoff idle(200'000, 1'000'000);
+        if (bridge_fd_ < 0) enqueue_internal_shutdown();
+        while (!finished_) {
+            bool progress = false;
+            if (detail::stop_requested && !stopping_) {
+                spdlog::warn("signal received: shutting the engines down");
+                enqueue_internal_shutdown();
+                progress = true;
+            }
+            progress |= read_bridge();
+            progress |= issue();
+            progress |= poll_mpi();
+            progress |= probe_p_replies();
+            flush_bridge();
+            if (progress) {
+                idle.reset();
+                continue;
+            }
+            const std::int64_t s = idle.next_sleep();
+            if (s == 0) continue;
+            // Sleep in ppoll so a request from the bridge wakes us at once.
+            pollfd p{bridge_fd_, static_cast<short>(POLLIN | (writer_.empty() ? 0 : POLLOUT)), 0};
+            timespec ts{static_cast<time_t>(s / 1'000'000'000), static_cast<long>(s % 1'000'000'000)};
+            ::ppoll(bridge_fd_ >= 0 ? &p : nullptr, bridge_fd_ >= 0 ? 1 : 0, &ts, nullptr);
+        }
+        if (bridge_fd_ >= 0) {
+            int fl = fcntl(bridge_fd_, F_GETFL);
+            fcntl(bridge_fd_, F_SETFL, fl & ~O_NONBLOCK);
+            try {
+                while (!writer_.flush(bridge_fd_)) {}
+            } catch (const std::exception& e) {
+                spdlog::warn("could not pass the last replies to the bridge: {}", e.what());
+            }
+            // Closing our end is what tells the bridge the job is over.
+            ::close(bridge_fd_);
+            bridge_fd_ = -1;
+        }
+    }
+
+private:
+    bool read_bridge() {
+        if (bridge_fd_ < 0) return false;
+        bool any = false;
+        for (int i = 0; i < 64; ++i) {
+            proto::received_frame f;
+            proto::frame_reader::status st;
+            try {
+                st = reader_.read(bridge_fd_, &f);
+            } catch (const std::exception& e) {
+                spdlog::error("bridge connection failed: {}", e.what());
+                bridge_gone();
+                return true;
+            }
+            if (st == proto::frame_reader::status::again) break;
+            if (st == proto::frame_reader::status::closed) {
+                spdlog::warn("the bridge closed its connection; ending the job");
+                bridge_gone();
+                return true;
+            }
+            any = true;
+            accept(std::move(f));
+        }
+        return any;
+    }
+
+    void bridge_gone() {
+        ::close(bridge_fd_);
+        bridge_fd_ = -1;
+        if (!stopping_) enqueue_internal_shutdown();
+    }
+
+    void enqueue_internal_shutdown() {
+        proto::shutdown_request req;
+        auto out = proto::encode(req);
+        auto flat = out.flatten();
+        auto bytes = std::make_shared<proto::byte_buffer>(flat.size());
+        std::memcpy(bytes->data(), flat.data(), flat.size());
+        op o;
+        o.frame.bytes = std::move(bytes);
+        o.targets = all_engines();
+        o.shutdown = true;
+        o.internal = true;
+        stopping_ = true;
+        queue_.push_back(std::move(o));
+    }
+
+    std::vector<int> all_engines() const {
+        std::vector<int> v(n_);
+        for (int i = 0; i < n_; ++i) v[i] = i;
+        return v;
+    }
+
+    // Validates a request from the bridge and queues it, or answers it with an error at once.
+    void accept(proto::received_frame f) {
+        op o;
+        try {
+            auto view = f.view();
+            o.r = proto::decode_route(view);
+            if (stopping_) throw std::invalid_argument("the job is shutting down");
+            std::set<int> seen;
+            for (auto t : o.r.targets) {
+                if (t < 0 || t >= n_)
+                    throw std::out_of_range("engine id " + std::to_string(t) + " out of range: the job has engines 0.." +
+                                            std::to_string(n_ - 1));
+                if (!seen.insert(t).second)
+                    throw std::invalid_argument("engine id " + std::to_string(t) + " given twice");
+                o.targets.push_back(t);
+            }
+            if (o.targets.empty()) o.targets = all_engines();
+            std::uint64_t bufs = o.r.shared_bufs;
+            if (!o.r.part_bufs.empty()) {
+                if (o.r.part_bufs.size() != o.targets.size())
+                    throw std::invalid_argument("request has " + std::to_string(o.r.part_bufs.size()) +
+                                                " parts for " + std::to_string(o.targets.size()) + " targets");
+                for (auto c : o.r.part_bufs) bufs += c;
+            }
+            if (bufs != view.nbufs())
+                throw std::invalid_argument("request layout names " + std::to_string(bufs) +
+                                            " buffers, the frame has " + std::to_string(view.nbufs()));
+            o.shutdown = view.type() == static_cast<std::uint16_t>(proto::message_type::shutdown_request);
+            if (o.shutdown) {
+                if (o.targets.size() != static_cast<std::size_t>(n_))
+                    throw std::invalid_argument("shutdown must target every engine");
+                stopping_ = true;
+            }
+        } catch (const std::exception& e) {
+            spdlog::warn("refused request {:#x}: {}", o.r.id, e.what());
+            reply_error(o.r.id, e);
+            return;
+        }
+        o.frame = std::move(f);
+        queue_.push_back(std::move(o));
+    }
+
+    void reply_error(std::uint64_t id, const std::exception& e) {
+        proto::engine_reply rep;
+        rep.id = id;
+        rep.engine = -1;
+        rep.status = proto::reply_status::error;
+        rep.ename = dynamic_cast<const std::out_of_range*>(&e) ? "IndexError" : "ValueError";
+        rep.evalue = e.what();
+        writer_.push(proto::encode(rep));
+    }
+
+    // Issues queued requests in arrival order. A P request never overtakes an earlier B request
+    // still waiting for the collective channel: that keeps every engine's order FIFO.
+    bool issue() {
+        bool any = false;
+        while (!queue_.empty()) {
+            op& o = queue_.front();
+            if (o.targets.size() == 1 && !o.shutdown) {
+                issue_p(o);
+            } else {
+                if (b_locked_) break;
+                issue_b(o);
+            }
+            queue_.pop_front();
+            any = true;
+        }
+        return any;
+    }
+
+    void issue_p(op& o) {
+        const int e = o.targets[0];
+        auto head = std::make_shared<wire::p_head>(wire::p_head{bcast_sent_, o.frame.bytes->size()});
+        auto bytes = o.frame.bytes;
+        inflight fl;
+        wire::isend_bytes(head.get(), sizeof(wire::p_head), e + 1, wire::tag_p_head, p2p_, fl.reqs);
+        wire::isend_bytes(bytes->data(), bytes->size(), e + 1, wire::tag_p_data, p2p_, fl.reqs);
+        fl.then = [head, bytes] {};
+        ++p2p_sent_[e];
+        inflight_.push_back(std::move(fl));
+    }
+
+    void issue_b(op& o) {
+        auto view = o.frame.view();
+        auto bytes = o.frame.bytes;
+        // Blob: the frame up to its first part buffer. Parts: the rest, in target order.
+        const std::uint32_t first_part = o.r.shared_bufs;
+        const bool has_parts = !o.r.part_bufs.empty();
+        const std::uint64_t blob_len = has_parts ? view.buf_offset(first_part) : bytes->size();
+
+        auto env = std::make_shared<std::vector<char>>(wire::envelope_size(n_), 0);
+        auto* head = reinterpret_cast<wire::envelope_head*>(env->data());
+        auto* slots = reinterpret_cast<wire::envelope_slot*>(env->data() + sizeof(wire::envelope_head));
+        head->blob_len = blob_len;
+        head->has_parts = has_parts;
+        std::vector<std::uint64_t> part_len(n_, 0), part_off(n_, 0);
+        std::uint32_t b = first_part;
+        for (std::size_t k = 0; k < o.targets.size(); ++k) {
+            const int e = o.targets[k];
+            slots[e].targeted = 1;
+            if (has_parts) {
+                const std::uint32_t cnt = o.r.part_bufs[k];
+                part_off[e] = b < view.nbufs() ? view.buf_offset(b) : bytes->size();
+                std::uint64_t len = 0;
+                for (std::uint32_t j = 0; j < cnt; ++j) len += view.buf_len(b + j);
+                part_len[e] = len;
+                slots[e].part_len = len;
+                b += cnt;
+            }
+        }
+        for (int e = 0; e < n_; ++e) slots[e].p2p_before = p2p_sent_[e];
+        ++bcast_sent_;
+
+        auto lens = std::make_shared<std::vector<std::uint64_t>>(n_ + 1, 0);
+        inflight fl;
+        wire::ibcast_bytes(env->data(), env->size(), bcomm_, fl.reqs);
+        wire::ibcast_bytes(bytes->data(), blob_len, bcomm_, fl.reqs);
+        if (has_parts) {
+            if (wire::parts_fit_scatterv(part_len)) {
+                std::vector<int> counts(n_ + 1, 0), displs(n_ + 1, 0);
+                for (int e = 0; e < n_; ++e) {
+                    counts[e + 1] = static_cast<int>(part_len[e]);
+                    displs[e + 1] = static_cast<int>(part_off[e] - part_off[o.targets[0]]);
+                }
+                MPI_Request r;
+                // Displacements are relative to the first part; parts are contiguous in target order.
+                wire::check(MPI_Iscatterv(bytes->data() + part_off[o.targets[0]], counts.data(), displs.data(),
+                                          MPI_BYTE, nullptr, 0, MPI_BYTE, 0, bcomm_, &r),
+                            "MPI_Iscatterv");
+                fl.reqs.push_back(r);
+            } else {
+                for (int e : o.targets)
+                    wire::isend_bytes(bytes->data() + part_off[e], part_len[e], e + 1, wire::tag_part, bcomm_, fl.reqs);
+            }
+        }
+        MPI_Request r;
+        wire::check(MPI_Igather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, lens->data(), 1, MPI_UINT64_T, 0, bcomm_, &r),
+                    "MPI_Igather");
+        fl.reqs.push_back(r);
+        b_locked_ = true;
+        const bool internal = o.internal, shutdown = o.shutdown;
+        fl.then = [this, env, bytes, lens, internal, shutdown] { gather_replies(lens, internal, shutdown); };
+        inflight_.push_back(std::move(fl));
+    }
+
+    // Second half of a B request: the replies, once their lengths are known.
+    void gather_replies(std::shared_ptr<std::vector<std::uint64_t>> lens, bool internal, bool shutdown) {
+        std::vector<int> counts(n_ + 1, 0), displs(n_ + 1, 0);
+        std::uint64_t units = 0;
+        for (int i = 1; i <= n_; ++i) {
+            const std::uint64_t u = wire::padded((*lens)[i]) / wire::gather_unit;
+            counts[i] = static_cast<int>(u);
+            displs[i] = static_cast<int>(units);
+            units += u;
+        }
+        auto blob = std::make_shared<proto::byte_buffer>(units * wire::gather_unit);
+        inflight fl;
+        MPI_Request r;
+        wire::check(MPI_Igatherv(nullptr, 0, wire::gather_type(), blob->data(), counts.data(), displs.data(),
+                                 wire::gather_type(), 0, bcomm_, &r),
+                    "MPI_Igatherv");
+        fl.reqs.push_back(r);
+        b_locked_ = false;
+        fl.then = [this, blob, lens, counts, displs, internal, shutdown] {
+            if (!internal) {
+                for (int i = 1; i <= n_; ++i) {
+                    if ((*lens)[i] == 0) continue;
+                    proto::outgoing_frame of;
+                    of.bufs.emplace_back(blob->data() + std::uint64_t(displs[i]) * wire::gather_unit, (*lens)[i]);
+                    of.keepalive = blob;
+                    writer_.push(std::move(of));
+                }
+            }
+            if (shutdown) finished_ = true;
+        };
+        inflight_.push_back(std::move(fl));
+    }
+
+    bool poll_mpi() {
+        bool any = false;
+        for (auto it = inflight_.begin(); it != inflight_.end();) {
+            if (wire::test_all(it->reqs)) {
+                auto then = std::move(it->then);
+                it = inflight_.erase(it);
+                if (then) then();
+                any = true;
+            } else {
+                ++it;
+            }
+        }
+        return any;
+    }
+
+    bool probe_p_replies() {
+        bool any = false;
+        for (;;) {
+            int flag = 0;
+            MPI_Status st;
+            wire::check(MPI_Iprobe(MPI_ANY_SOURCE, wire::tag_reply_head, p2p_, &flag, &st), "MPI_Iprobe");
+            if (!flag) return any;
+            std::uint64_t len = 0;
+            wire::check(MPI_Recv(&len, 1, MPI_UINT64_T, st.MPI_SOURCE, wire::tag_reply_head, p2p_, MPI_STATUS_IGNORE),
+                        "MPI_Recv");
+            auto bytes = std::make_shared<proto::byte_buffer>(len);
+            inflight fl;
+            wire::irecv_bytes(bytes->data(), len, st.MPI_SOURCE, wire::tag_reply, p2p_, fl.reqs);
+            fl.then = [this, bytes] { writer_.push_raw(bytes); };
+            inflight_.push_back(std::move(fl));
+            any = true;
+        }
+    }
+
+    void flush_bridge() {
+        if (bridge_fd_ < 0) {
+            writer_ = proto::frame_writer{};
+            return;
+        }
+        try {
+            writer_.flush(bridge_fd_);
+        } catch (const std::exception& e) {
+            spdlog::error("writing to the bridge failed: {}", e.what());
+            bridge_gone();
+        }
+    }
+
+    MPI_Comm bcomm_, p2p_;
+    int n_;
+    int bridge_fd_ = -1;
+    proto::frame_reader reader_;
+    proto::frame_writer writer_;
+    std::deque<op> queue_;
+    std::list<inflight> inflight_;
+    std::vector<std::uint64_t> p2p_sent_;
+    std::uint64_t bcast_sent_ = 0;
+    bool b_locked_ = false;
+    bool stopping_ = false;
+    bool finished_ = false;
+};
+
+pid_t spawn_bridge(const options& opt, int fd, const std::string& job_id) {
+    std::vector<std::string> args = {opt.bridge_path, "--controller-fd", std::to_string(fd), "--ip", opt.ip,
+                                     "--port", std::to_string(opt.port), "--log-level", opt.log_level,
+                                     "--job-id", job_id};
+    if (!opt.connection_file.empty()) {
+        args.push_back("--connection-file");
+        args.push_back(opt.connection_file);
+    }
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid;
+    int rc = posix_spawn(&pid, opt.bridge_path.c_str(), nullptr, nullptr, argv.data(), environ);
+    if (rc != 0)
+        throw std::system_error(rc, std::generic_category(), "cannot start the bridge " + opt.bridge_path);
+    return pid;
+}
+
+}  // namespace detail
+
+int run(MPI_Comm world, const options& opt) {
+    namespace mpi = boost::mpi;
+    mpi::communicator comm(world, mpi::comm_attach);
+    // Start-up collectives, in the order pcluster::engine::run makes them: the engines-only
+    // communicator (rank 0 is not in it), the engines' whereabouts, the controller's channels.
+    MPI_Comm none;
+    wire::check(MPI_Comm_split(world, MPI_UNDEFINED, 0, &none), "MPI_Comm_split");
+    std::vector<std::string> infos;
+    mpi::gather(comm, std::string(), infos, 0);
+    detail::controller c(world);
+    proto::job_info info;
+    info.controller_host = detail::hostname();
+    info.controller_pid = getpid();
+    {
+        const char* slurm = std::getenv("SLURM_JOB_ID");
+        info.job_id = slurm ? std::string("slurm-") + slurm : info.controller_host + "-" + std::to_string(getpid());
+    }
+    for (int r = 1; r < comm.size(); ++r) {
+        auto& s = infos[r];
+        auto sep = s.find(' ');
+        info.engines.push_back({r - 1, s.substr(sep + 1), std::stoll(s.substr(0, sep))});
+    }
+
+    std::signal(SIGINT, detail::on_signal);
+    std::signal(SIGTERM, detail::on_signal);
+    std::signal(SIGPIPE, SIG_IGN);
+
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+        throw std::system_error(errno, std::generic_category(), "socketpair");
+    // The bridge's end must survive exec; ours must not leak into it.
+    fcntl(sv[1], F_SETFD, 0);
+    pid_t bridge_pid = -1;
+    int status = 0;
+    try {
+        bridge_pid = detail::spawn_bridge(opt, sv[1], info.job_id);
+    } catch (const std::exception& e) {
+        spdlog::error("{}", e.what());
+        status = 1;
+    }
+    ::close(sv[1]);
+    const int fd = sv[0];
+
+    std::optional<proto::bridge_ready> ready;
+    if (status == 0) {
+        try {
+            proto::write_frame(fd, proto::encode(info));
+            auto deadline = proto::clock::now() + std::chrono::milliseconds(static_cast<long>(opt.bridge_timeout_s * 1000));
+            auto f = proto::read_frame(fd, deadline);
+            ready = proto::decode<proto::bridge_ready>(f.view());
+        } catch (const std::exception& e) {
+            spdlog::error("the bridge did not start: {} (see its message above)", e.what());
+            status = 1;
+        }
+    }
+    if (ready) {
+        std::printf("pcluster: controller on rank 0 (%s, pid %d), %d engines ready\n", info.controller_host.c_str(),
+                    static_cast<int>(getpid()), comm.size() - 1);
+        std::printf("pcluster: clients connect to %s:%u\n", ready->address.c_str(), ready->port);
+        std::printf("pcluster: connection file %s\n", ready->connection_file.c_str());
+        std::printf("pcluster: attach from Python with  import pcluster; rc = pcluster.Client(%s)\n",
+                    opt.connection_file.empty() ? "" : ("\"" + ready->connection_file + "\"").c_str());
+        std::printf("pcluster: stop with rc.shutdown() or Ctrl-C\n");
+        std::fflush(stdout);
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    if (ready) c.set_bridge(fd);
+    else ::close(fd);
+    c.run();
+    if (bridge_pid > 0) {
+        // The bridge exits once our end of the socket closes; bound the wait anyway.
+        for (int i = 0; i < 100; ++i) {
+            if (waitpid(bridge_pid, nullptr, WNOHANG) == bridge_pid) { bridge_pid = -1; break; }
+            usleep(20'000);
+        }
+        if (bridge_pid > 0) {
+            kill(bridge_pid, SIGTERM);
+            waitpid(bridge_pid, nullptr, 0);
+        }
+    }
+    return status;
+}
+
+}  // namespace pcluster::controller

@@ -1,0 +1,283 @@
+#include "engine.hpp"
+
+#include <boost/mpi/collectives.hpp>
+#include <boost/mpi/communicator.hpp>
+#include <boost/serialization/string.hpp>
+#include <boost/serialization/vector.hpp>
+
+#include <pybind11/embed.h>
+
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+#include <filesystem>
+#include <optional>
+
+#include <unistd.h>
+
+#include "pcluster/protocol/codec.hpp"
+#include "pcluster/protocol/mpi_wire.hpp"
+
+#ifndef PCLUSTER_PYTHON_EXECUTABLE
+#define PCLUSTER_PYTHON_EXECUTABLE "/usr/bin/python3"
+#endif
+
+namespace py = pybind11;
+
+namespace pcluster::engine {
+
+namespace proto = pcluster::protocol;
+namespace wire = pcluster::mpi_wire;
+
+namespace detail {
+
+// The interpreter, configured so that sys.executable is the interpreter we were built against
+// (otherwise it is whatever `python3` comes first on PATH, and subprocesses would use that).
+py::scoped_interpreter make_interpreter() {
+    PyConfig config;
+    PyConfig_InitPythonConfig(&config);
+    config.parse_argv = 0;
+    PyStatus st = PyConfig_SetBytesString(&config, &config.executable, PCLUSTER_PYTHON_EXECUTABLE);
+    if (PyStatus_Exception(st)) throw std::runtime_error("cannot set sys.executable");
+    return py::scoped_interpreter(&config, 0, nullptr, false);
+}
+
+// Makes a build-tree run work without installing: <bin>/../python holds the package there.
+void add_build_tree_path() {
+    std::error_code ec;
+    auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (ec) return;
+    auto dir = exe.parent_path().parent_path() / "python";
+    if (std::filesystem::exists(dir / "pcluster" / "__init__.py"))
+        py::module_::import("sys").attr("path").attr("insert")(0, dir.string());
+}
+
+py::bytearray new_bytearray(std::uint64_t n) {
+    PyObject* o = PyByteArray_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n));
+    if (!o) throw py::error_already_set();
+    return py::reinterpret_steal<py::bytearray>(o);
+}
+
+char* data_of(const py::bytearray& b) { return PyByteArray_AsString(b.ptr()); }
+
+class engine {
+public:
+    engine(MPI_Comm world, int id, int n, py::module_ kernel) : id_(id), n_(n), kernel_(std::move(kernel)) {
+        wire::check(MPI_Comm_dup(world, &bcomm_), "MPI_Comm_dup");
+        wire::check(MPI_Comm_dup(world, &p2p_), "MPI_Comm_dup");
+        env_.resize(wire::envelope_size(n_));
+    }
+    ~engine() {
+        MPI_Comm_free(&bcomm_);
+        MPI_Comm_free(&p2p_);
+    }
+
+    void run() {
+        post_b();
+        post_p();
+        wire::backoff idle(200'000, 1'000'000);
+        std::optional<py::gil_scoped_release> nogil{std::in_place};
+        while (!stop_) {
+            if (!b_ready_) b_ready_ = test(b_req_);
+            if (!p_ready_) p_ready_ = test(p_req_);
+            if (b_ready_ && slot().p2p_before <= p_done_) {
+                nogil.reset();
+                run_b();
+                nogil.emplace();
+                ++b_done_;
+                b_ready_ = false;
+                if (!stop_) post_b();
+                idle.reset();
+            } else if (p_ready_ && phead_.bcast_before <= b_done_) {
+                nogil.reset();
+                run_p();
+                nogil.emplace();
+                ++p_done_;
+                p_ready_ = false;
+                post_p();
+                idle.reset();
+            } else {
+                idle.idle();
+            }
+        }
+        // The P receive posted last is never matched; withdraw it before the communicator goes.
+        MPI_Cancel(&p_req_);
+        MPI_Wait(&p_req_, MPI_STATUS_IGNORE);
+    }
+
+private:
+    static bool test(MPI_Request& r) {
+        int flag = 0;
+        wire::check(MPI_Test(&r, &flag, MPI_STATUS_IGNORE), "MPI_Test");
+        return flag != 0;
+    }
+    const wire::envelope_head& head() const { return *reinterpret_cast<const wire::envelope_head*>(env_.data()); }
+    const wire::envelope_slot& slot() const {
+        return reinterpret_cast<const wire::envelope_slot*>(env_.data() + sizeof(wire::envelope_head))[id_];
+    }
+    void post_b() {
+        wire::check(MPI_Ibcast(env_.data(), static_cast<int>(env_.size()), MPI_BYTE, 0, bcomm_, &b_req_), "MPI_Ibcast");
+    }
+    void post_p() {
+        wire::check(MPI_Irecv(&phead_, sizeof phead_, MPI_BYTE, 0, wire::tag_p_head, p2p_, &p_req_), "MPI_Irecv");
+    }
+
+    // Waits with the GIL released so the user's own Python threads keep running.
+    static void wait(std::vector<MPI_Request>& reqs) {
+        py::gil_scoped_release nogil;
+        wire::wait_all(reqs);
+    }
+
+    void run_b() {
+        const auto h = head();
+        const auto s = slot();
+        py::bytearray blob = new_bytearray(h.blob_len);
+        std::optional<py::bytearray> part;
+        std::vector<MPI_Request> reqs;
+        wire::ibcast_bytes(data_of(blob), h.blob_len, bcomm_, reqs);
+        if (h.has_parts) {
+            part = new_bytearray(s.part_len);
+            std::vector<std::uint64_t> lens(n_);
+            const auto* slots = reinterpret_cast<const wire::envelope_slot*>(env_.data() + sizeof(wire::envelope_head));
+            for (int e = 0; e < n_; ++e) lens[e] = slots[e].part_len;
+            if (wire::parts_fit_scatterv(lens)) {
+                MPI_Request r;
+                wire::check(MPI_Iscatterv(nullptr, nullptr, nullptr, MPI_BYTE, data_of(*part), static_cast<int>(s.part_len),
+                                          MPI_BYTE, 0, bcomm_, &r),
+                            "MPI_Iscatterv");
+                reqs.push_back(r);
+            } else if (s.targeted) {
+                wire::irecv_bytes(data_of(*part), s.part_len, 0, wire::tag_part, bcomm_, reqs);
+            }
+        }
+        wait(reqs);
+        std::shared_ptr<proto::byte_buffer> reply;
+        std::uint64_t len = 0;
+        if (s.targeted) {
+            reply = handle(blob, part ? py::object(*part) : py::none(), true, &len);
+            check_shutdown(blob);
+        }
+        MPI_Request r;
+        wire::check(MPI_Igather(&len, 1, MPI_UINT64_T, nullptr, 1, MPI_UINT64_T, 0, bcomm_, &r), "MPI_Igather");
+        reqs.push_back(r);
+        wire::check(MPI_Igatherv(reply ? reply->data() : nullptr, static_cast<int>(wire::padded(len) / wire::gather_unit),
+                                 wire::gather_type(), nullptr, nullptr, nullptr, wire::gather_type(), 0, bcomm_, &r),
+                    "MPI_Igatherv");
+        reqs.push_back(r);
+        wait(reqs);
+    }
+
+    void run_p() {
+        py::bytearray frame = new_bytearray(phead_.frame_len);
+        std::vector<MPI_Request> reqs;
+        wire::irecv_bytes(data_of(frame), phead_.frame_len, 0, wire::tag_p_data, p2p_, reqs);
+        wait(reqs);
+        std::uint64_t len = 0;
+        auto reply = handle(frame, py::none(), false, &len);
+        wire::isend_bytes(&len, sizeof len, 0, wire::tag_reply_head, p2p_, reqs);
+        wire::isend_bytes(reply->data(), len, 0, wire::tag_reply, p2p_, reqs);
+        wait(reqs);
+    }
+
+    void check_shutdown(const py::bytearray& blob) {
+        proto::frame_prefix p;
+        std::memcpy(&p, data_of(blob), sizeof p);
+        if (p.type == static_cast<std::uint16_t>(proto::message_type::shutdown_request)) stop_ = true;
+    }
+
+    // The request boundary: pcluster._kernel.handle catches everything the user's code raises;
+    // this catches what escapes the kernel itself, so no request ever kills the engine.
+    // Returns the reply frame, padded to the gather unit when `pad`.
+    std::shared_ptr<proto::byte_buffer> handle(const py::bytearray& frame, py::object part, bool pad,
+                                               std::uint64_t* len) {
+        std::vector<py::buffer_info> infos;
+        py::list bufs;
+        try {
+            bufs = kernel_.attr("handle")(frame, part);
+            for (auto b : bufs) infos.push_back(py::reinterpret_borrow<py::buffer>(b).request());
+        } catch (const std::exception& e) {
+            infos.clear();
+            std::uint64_t id = 0;
+            try {
+                id = proto::decode_route(proto::frame_view(data_of(frame), PyByteArray_Size(frame.ptr()))).id;
+            } catch (...) {
+            }
+            proto::engine_reply rep;
+            rep.id = id;
+            rep.engine = id_;
+            rep.status = proto::reply_status::error;
+            rep.ename = "EngineInternalError";
+            rep.evalue = e.what();
+            auto flat = proto::encode(rep).flatten();
+            return copy_out({{flat.data(), flat.size()}}, pad, len);
+        }
+        std::vector<std::span<const char>> spans;
+        for (auto& i : infos) spans.emplace_back(static_cast<const char*>(i.ptr), static_cast<std::size_t>(i.size * i.itemsize));
+        return copy_out(spans, pad, len);
+    }
+
+    // One copy: MPI needs the reply contiguous, and the pickle's out-of-band buffers are not.
+    static std::shared_ptr<proto::byte_buffer> copy_out(const std::vector<std::span<const char>>& spans, bool pad,
+                                                        std::uint64_t* len) {
+        std::uint64_t n = 0;
+        for (auto& s : spans) n += s.size();
+        const std::uint64_t cap = pad ? wire::padded(n) : n;
+        auto out = std::make_shared<proto::byte_buffer>(std::max<std::uint64_t>(cap, 1));
+        char* p = out->data();
+        for (auto& s : spans) {
+            std::memcpy(p, s.data(), s.size());
+            p += s.size();
+        }
+        if (cap > n) std::memset(p, 0, cap - n);
+        *len = n;
+        return out;
+    }
+
+    int id_, n_;
+    py::module_ kernel_;
+    MPI_Comm bcomm_, p2p_;
+    std::vector<char> env_;
+    MPI_Request b_req_ = MPI_REQUEST_NULL, p_req_ = MPI_REQUEST_NULL;
+    wire::p_head phead_{};
+    bool b_ready_ = false, p_ready_ = false, stop_ = false;
+    std::uint64_t b_done_ = 0, p_done_ = 0;
+};
+
+}  // namespace detail
+
+int run(MPI_Comm world) {
+    namespace mpi = boost::mpi;
+    mpi::communicator comm(world, mpi::comm_attach);
+    const int id = comm.rank() - 1, n = comm.size() - 1;
+    MPI_Comm engines;
+    wire::check(MPI_Comm_split(world, 1, comm.rank(), &engines), "MPI_Comm_split");
+
+    auto guard = detail::make_interpreter();
+    int status = 0;
+    std::string fatal;
+    py::module_ kernel;
+    try {
+        detail::add_build_tree_path();
+        kernel = py::module_::import("pcluster._kernel");
+        kernel.attr("start")(id, n, MPI_Comm_c2f(engines));
+    } catch (const std::exception& e) {
+        fatal = e.what();
+    }
+    char host[256] = {0};
+    gethostname(host, sizeof host - 1);
+    mpi::gather(comm, std::to_string(getpid()) + " " + host, 0);
+    {
+        detail::engine eng(world, id, n, kernel);
+        if (!fatal.empty()) {
+            // Without its kernel an engine cannot serve; abort the job with the reason rather
+            // than leave the controller waiting forever.
+            spdlog::critical("engine {}: cannot start Python kernel: {}", id, fatal);
+            MPI_Abort(world, 3);
+        }
+        eng.run();
+    }
+    MPI_Comm_free(&engines);
+    return status;
+}
+
+}  // namespace pcluster::engine

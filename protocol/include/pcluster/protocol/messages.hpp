@@ -1,0 +1,266 @@
+// Every pcluster message, defined once. The bridge, the controller, the engines and the Python
+// client (through the pcluster._core module) all serialize these very structs; docs/protocol.md
+// describes them. Add a field: append it, bump that struct's CEREAL_CLASS_VERSION and read it only
+// when `version` says it is there.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <cereal/cereal.hpp>
+#include <cereal/types/array.hpp>
+#include <cereal/types/common.hpp>
+#include <cereal/types/string.hpp>
+#include <cereal/types/vector.hpp>
+
+namespace pcluster::protocol {
+
+enum class message_type : std::uint16_t {
+    // handshake, client <-> bridge
+    challenge = 1,
+    auth_request = 2,
+    auth_reply = 3,
+    // requests, client -> bridge -> controller -> engines
+    execute_request = 10,
+    push_request = 11,
+    pull_request = 12,
+    apply_request = 13,
+    scatter_request = 14,
+    gather_request = 15,
+    map_request = 16,
+    shutdown_request = 17,
+    // replies and notices, back towards the client
+    engine_reply = 40,
+    job_ended = 41,
+    // bridge <-> controller only
+    job_info = 60,
+    bridge_ready = 61,
+};
+
+// Where a request goes and how its buffers are laid out. Every request starts with one.
+//   id: chosen by the client; the high 32 bits are the client number the bridge assigned at
+//       login (the bridge refuses any other), the low 32 bits a per-client counter.
+//   targets: engine ids, in the order the parts are given; empty means every engine.
+//   shared_bufs: the first `shared_bufs` frame buffers go to every target.
+//   part_bufs: empty, or one count per target: the next part_bufs[k] buffers go to targets[k] only.
+struct route {
+    std::uint64_t id = 0;
+    std::vector<std::int32_t> targets;
+    std::uint32_t shared_bufs = 0;
+    std::vector<std::uint32_t> part_bufs;
+
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t /*version*/) {
+        ar(id, targets, shared_bufs, part_bufs);
+    }
+};
+
+struct challenge {
+    std::array<std::uint8_t, 32> nonce{};
+    std::string job_id;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(nonce, job_id); }
+};
+
+// mac = HMAC-SHA256(key, "pcluster-client" || challenge.nonce); client_nonce lets the client check
+// the bridge holds the key too.
+struct auth_request {
+    std::array<std::uint8_t, 32> mac{};
+    std::array<std::uint8_t, 32> client_nonce{};
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(mac, client_nonce); }
+};
+
+struct engine_info {
+    std::int32_t id = 0;
+    std::string host;
+    std::int64_t pid = 0;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(id, host, pid); }
+};
+
+// mac = HMAC-SHA256(key, "pcluster-bridge" || auth_request.client_nonce) when ok.
+struct auth_reply {
+    bool ok = false;
+    std::string message;
+    std::uint32_t client_no = 0;
+    std::array<std::uint8_t, 32> mac{};
+    std::vector<engine_info> engines;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(ok, message, client_no, mac, engines); }
+};
+
+// Runs `code` in each target's namespace.
+struct execute_request {
+    route r;
+    std::string code;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(r, code); }
+};
+
+// Shared buffers: one pickled dict (stream + out-of-band buffers) merged into each namespace.
+struct push_request {
+    route r;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(r); }
+};
+
+// Each target replies with one pickle: the value of names[0] if single, else a list of values.
+struct pull_request {
+    route r;
+    std::vector<std::string> names;
+    bool single = true;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(r, names, single); }
+};
+
+// Shared buffers: cloudpickled (f, args, kwargs). Each target replies with pickled f(*args, **kw).
+struct apply_request {
+    route r;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(r); }
+};
+
+// Parts: target k's pickled slice of the sequence, bound to `key` in its namespace.
+struct scatter_request {
+    route r;
+    std::string key;
+    bool flatten = false;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(r, key, flatten); }
+};
+
+// Each target replies with pickled namespace[key].
+struct gather_request {
+    route r;
+    std::string key;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(r, key); }
+};
+
+// Shared buffers: cloudpickled f. Parts: target k's pickled list of argument tuples. Each target
+// replies with the pickled list [f(*t) for t in part].
+struct map_request {
+    route r;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(r); }
+};
+
+// Engines leave their loop after replying; the controller then ends the job.
+struct shutdown_request {
+    route r;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(r); }
+};
+
+enum class reply_status : std::uint8_t { ok = 0, error = 1 };
+
+// One per target engine per request. engine == -1: the controller or bridge refused the whole
+// request (bad targets, malformed layout); it is then the only reply for that id.
+// Buffers: the pickled result (stream + out-of-band buffers), none on error.
+struct engine_reply {
+    std::uint64_t id = 0;
+    std::int32_t engine = -1;
+    reply_status status = reply_status::ok;
+    std::string ename;
+    std::string evalue;
+    std::vector<std::string> traceback;
+    double started = 0;    // engine wall clock, seconds since the epoch
+    double completed = 0;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) {
+        ar(id, engine, status, ename, evalue, traceback, started, completed);
+    }
+};
+
+// The bridge tells every client before it closes: the job is over.
+struct job_ended {
+    std::string reason;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(reason); }
+};
+
+// Controller -> bridge at start-up.
+struct job_info {
+    std::string job_id;
+    std::vector<engine_info> engines;
+    std::string controller_host;
+    std::int64_t controller_pid = 0;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) {
+        ar(job_id, engines, controller_host, controller_pid);
+    }
+};
+
+// Bridge -> controller once it listens and the connection file is written.
+struct bridge_ready {
+    std::string address;
+    std::uint16_t port = 0;
+    std::string connection_file;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(address, port, connection_file); }
+};
+
+// Compile-time map from struct to its wire type.
+template <class T> struct type_of;
+#define PCLUSTER_MESSAGE(T)                                                             \
+    template <> struct type_of<T> {                                                     \
+        static constexpr message_type value = message_type::T;                          \
+    };
+PCLUSTER_MESSAGE(challenge)
+PCLUSTER_MESSAGE(auth_request)
+PCLUSTER_MESSAGE(auth_reply)
+PCLUSTER_MESSAGE(execute_request)
+PCLUSTER_MESSAGE(push_request)
+PCLUSTER_MESSAGE(pull_request)
+PCLUSTER_MESSAGE(apply_request)
+PCLUSTER_MESSAGE(scatter_request)
+PCLUSTER_MESSAGE(gather_request)
+PCLUSTER_MESSAGE(map_request)
+PCLUSTER_MESSAGE(shutdown_request)
+PCLUSTER_MESSAGE(engine_reply)
+PCLUSTER_MESSAGE(job_ended)
+PCLUSTER_MESSAGE(job_info)
+PCLUSTER_MESSAGE(bridge_ready)
+#undef PCLUSTER_MESSAGE
+
+const char* type_name(std::uint16_t type);
+bool is_request(std::uint16_t type);
+
+// Calls f(T{}) with the request struct type for `type`; returns false for non-request types.
+template <class F>
+bool visit_request_type(std::uint16_t type, F&& f) {
+    switch (static_cast<message_type>(type)) {
+    case message_type::execute_request: f(execute_request{}); return true;
+    case message_type::push_request: f(push_request{}); return true;
+    case message_type::pull_request: f(pull_request{}); return true;
+    case message_type::apply_request: f(apply_request{}); return true;
+    case message_type::scatter_request: f(scatter_request{}); return true;
+    case message_type::gather_request: f(gather_request{}); return true;
+    case message_type::map_request: f(map_request{}); return true;
+    case message_type::shutdown_request: f(shutdown_request{}); return true;
+    default: return false;
+    }
+}
+
+}  // namespace pcluster::protocol
+
+CEREAL_CLASS_VERSION(pcluster::protocol::route, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::challenge, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::auth_request, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::engine_info, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::auth_reply, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::execute_request, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::push_request, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::pull_request, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::apply_request, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::scatter_request, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::gather_request, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::map_request, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::shutdown_request, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::engine_reply, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::job_ended, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::job_info, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::bridge_ready, 1)

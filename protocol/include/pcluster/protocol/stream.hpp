@@ -1,0 +1,73 @@
+// Frames over a stream socket: a non-blocking reader and writer for the event loops of the
+// bridge and controller, and blocking helpers with deadlines for clients and handshakes.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "pcluster/protocol/frame.hpp"
+
+namespace pcluster::protocol {
+
+// A complete received frame; the storage is shared so views into it can outlive the reader.
+struct received_frame {
+    std::shared_ptr<byte_buffer> bytes;
+    frame_view view() const { return frame_view(bytes->data(), bytes->size()); }
+};
+
+// Incrementally assembles frames from a non-blocking fd. The prefix is checked as soon as it
+// arrives, so an oversize or garbage frame is refused before its body is allocated.
+class frame_reader {
+public:
+    explicit frame_reader(std::uint64_t max_frame = default_max_frame) : max_frame_(max_frame) {}
+
+    enum class status { again, frame, closed };
+    // Reads what is available. `frame`: *out holds a frame (call again, more may be buffered).
+    // `again`: nothing complete yet. `closed`: orderly EOF between frames.
+    // Throws frame_error for a bad frame and std::system_error for a socket error or an EOF
+    // in the middle of a frame.
+    status read(int fd, received_frame* out);
+    bool mid_frame() const { return have_ > 0; }
+
+private:
+    std::uint64_t max_frame_;
+    char prefix_buf_[prefix_size];
+    std::shared_ptr<byte_buffer> body_;
+    std::uint64_t have_ = 0;
+    std::uint64_t need_ = prefix_size;
+};
+
+// Queue of outgoing frames written with writev as the fd accepts them.
+class frame_writer {
+public:
+    void push(outgoing_frame f) { queue_.push_back({std::move(f), 0}); }
+    void push_raw(std::shared_ptr<byte_buffer> bytes);
+    // Writes as much as the fd takes; returns true when the queue is empty. Throws system_error.
+    bool flush(int fd);
+    bool empty() const { return queue_.empty(); }
+    std::size_t queued() const { return queue_.size(); }
+
+private:
+    struct item {
+        outgoing_frame f;
+        std::uint64_t done;
+    };
+    std::deque<item> queue_;
+};
+
+using clock = std::chrono::steady_clock;
+
+// Blocking helpers for a blocking fd, bounded by `deadline` (poll-based). Throw timeout_error on
+// time-out and std::system_error on failure or EOF.
+struct timeout_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+void write_frame(int fd, const outgoing_frame& f);
+received_frame read_frame(int fd, std::optional<clock::time_point> deadline,
+                          std::uint64_t max_frame = default_max_frame);
+
+}  // namespace pcluster::protocol

@@ -1,0 +1,28 @@
+"""pcluster: interactive parallel Python over MPI, with ipyparallel's client API."""
+
+from .asyncresult import AsyncResult
+from .client import Client, default_connection_file
+from .error import (
+    AuthenticationError,
+    CompositeError,
+    JobEndedError,
+    NoJobError,
+    PclusterError,
+    RemoteError,
+)
+from .view import DirectView
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncResult",
+    "AuthenticationError",
+    "Client",
+    "CompositeError",
+    "DirectView",
+    "JobEndedError",
+    "NoJobError",
+    "PclusterError",
+    "RemoteError",
+    "default_connection_file",
+]

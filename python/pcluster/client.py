@@ -1,0 +1,172 @@
+"""Client: attaches to a running pcluster job through its connection file."""
+
+import itertools
+import json
+import numbers
+import os
+import threading
+import time
+
+from . import _core
+from .asyncresult import AsyncResult, _timeout_arg
+from .error import AuthenticationError, JobEndedError, NoJobError
+from .view import DirectView
+
+
+def default_connection_file():
+    """$PCLUSTER_CONNECTION_FILE, else ~/.pcluster/connection.json (where `pcluster` writes by default)."""
+    env = os.environ.get("PCLUSTER_CONNECTION_FILE")
+    if env:
+        return env
+    return os.path.join(os.path.expanduser("~"), ".pcluster", "connection.json")
+
+
+def _read_connection_file(path, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            pass
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise NoJobError(f"{path} is not a pcluster connection file ({e})") from None
+        if time.monotonic() >= deadline:
+            raise NoJobError(
+                f"no pcluster job found: {path} did not appear within {timeout:g} s. "
+                f"Start a job with `mpirun -n 5 pcluster`, or pass its connection file: "
+                f"pcluster.Client('/path/to/connection.json')"
+            )
+        time.sleep(0.05)
+
+
+class Client:
+    """A connection to a pcluster job.
+
+    Client(connection_file=None, timeout=10): connection_file is a path (default:
+    $PCLUSTER_CONNECTION_FILE or ~/.pcluster/connection.json) or the file's dict; timeout bounds
+    the wait for the file to appear and for the job to answer.
+    """
+
+    def __init__(self, connection_file=None, timeout=10):
+        if isinstance(connection_file, dict):
+            info, path = connection_file, "<connection dict>"
+        else:
+            path = os.path.abspath(os.path.expanduser(connection_file or default_connection_file()))
+            info = _read_connection_file(path, timeout)
+        self.connection_file = path
+        ip = info.get("ip", "127.0.0.1")
+        host = info.get("host", "localhost") if ip in ("0.0.0.0", "::") else ip
+        port = int(info["port"])
+        try:
+            self._conn = _core.connection(host, port, info["key"], float(timeout))
+        except _core.AuthenticationError as e:
+            raise AuthenticationError(
+                f"{e}: the job at {host}:{port} refused the key in {path}. The file is stale or belongs to "
+                f"another job; use the connection file the running job printed."
+            ) from None
+        except _core.ProtocolVersionError as e:
+            raise NoJobError(f"{e} (job at {host}:{port}, from {path})") from None
+        except (ConnectionError, TimeoutError) as e:
+            raise NoJobError(
+                f"no pcluster job answers at {host}:{port} (from {path}): {e}. The job may have ended; "
+                f"start one with `mpirun -n 5 pcluster`."
+            ) from None
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+        self._engines = {e.id: e for e in self._conn.engines}
+        self.block = True
+        self._history = []
+
+    # --- engines ---
+    @property
+    def ids(self):
+        """Engine ids, 0..N-1 (engine k is MPI rank k+1)."""
+        return sorted(self._engines)
+
+    def __len__(self):
+        return len(self._engines)
+
+    def __repr__(self):
+        return f"<pcluster.Client job={self._conn.job_id} engines={len(self)}>"
+
+    def _check_id(self, i):
+        if i not in self._engines:
+            raise IndexError(f"no engine {i}: this job has engines {self.ids[0]}..{self.ids[-1]}")
+        return i
+
+    def _resolve(self, targets):
+        if targets is None or targets == "all":
+            return self.ids
+        if isinstance(targets, numbers.Integral):
+            return [self._check_id(int(targets))]
+        if isinstance(targets, slice):
+            ids = self.ids[targets]
+        else:
+            ids = [self._check_id(int(t)) for t in targets]
+        if not ids:
+            raise IndexError(f"no engines selected by {targets!r}")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"engine ids repeat in {targets!r}")
+        return ids
+
+    def __getitem__(self, key):
+        """rc[0] (one engine: scalar results), rc[:], rc[1:3], rc[[0, 2]] (lists of results)."""
+        if isinstance(key, numbers.Integral):
+            return DirectView(self, self._check_id(int(key)))
+        return DirectView(self, self._resolve(key))
+
+    def direct_view(self, targets="all"):
+        return DirectView(self, self._resolve(targets))
+
+    # --- requests ---
+    def _submit(self, msg, bufs, ids, method, single=False, post=None):
+        with self._lock:
+            msg_id = (self._conn.client_no << 32) | next(self._seq)
+        msg.r.id = msg_id
+        msg.r.targets = [] if ids == self.ids else ids
+        try:
+            self._conn.send(msg, bufs)
+        except ConnectionError as e:
+            raise JobEndedError(f"cannot send {method}: {self._conn.close_reason or e}") from None
+        ar = AsyncResult(self, msg_id, ids, method, single, post)
+        return ar
+
+    def wait(self, jobs=None, timeout=-1):
+        """Wait for AsyncResults (a list or one); True if all finished within timeout."""
+        if jobs is None:
+            return True
+        if isinstance(jobs, AsyncResult):
+            jobs = [jobs]
+        t = _timeout_arg(timeout)
+        deadline = None if t is None else time.monotonic() + t
+        for ar in jobs:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not ar.wait(left if left is not None else -1):
+                return False
+        return True
+
+    def shutdown(self, targets="all", block=True, timeout=60):
+        """End the job: engines stop, the controller and bridge exit, mpirun returns 0 and the
+        connection file is removed. Waits (bounded by timeout) until the job has ended."""
+        if targets not in ("all", None) and sorted(self._resolve(targets)) != self.ids:
+            raise ValueError("shutdown ends the whole job; stopping single engines is not supported")
+        ar = self._submit(_core.shutdown_request(), [], self.ids, "shutdown")
+        if not block:
+            return ar
+        ar.get(timeout)
+        # The bridge says goodbye (and removes the connection file) as the job ends.
+        deadline = time.monotonic() + timeout
+        while not self._conn.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.close()
+
+    def close(self):
+        """Disconnect; the job keeps running."""
+        self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,23 @@
+"""What code running on an engine can ask about its engine: ids and the engines' communicator.
+
+    from pcluster.engine import engine_id, num_engines, comm   # comm: mpi4py, engines only
+"""
+
+engine_id = None
+num_engines = None
+_comm_handle = None
+_comm = None
+
+
+def __getattr__(name):
+    # mpi4py is imported on first use only: it costs start-up time on every engine.
+    global _comm
+    if name == "comm":
+        if _comm_handle is None:
+            raise RuntimeError("pcluster.engine.comm exists on engines only")
+        if _comm is None:
+            from mpi4py import MPI
+
+            _comm = MPI.Comm.f2py(_comm_handle)
+        return _comm
+    raise AttributeError(name)

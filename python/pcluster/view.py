@@ -1,0 +1,182 @@
+"""DirectView: requests to a fixed set of engines, each with its persistent namespace."""
+
+import numbers
+
+from . import _core, serialize
+from .asyncresult import AsyncResult
+
+
+def _partition(seq, nparts):
+    """Split seq into nparts contiguous blocks whose lengths differ by at most one (the first
+    ones longer), as ipyparallel's dist='b'. numpy arrays and sequences are sliced (views, no
+    copy); other iterables are listed first."""
+    if not hasattr(seq, "__len__") or not hasattr(seq, "__getitem__"):
+        seq = list(seq)
+    n = len(seq)
+    q, r = divmod(n, nparts)
+    parts, lo = [], 0
+    for k in range(nparts):
+        hi = lo + q + (1 if k < r else 0)
+        parts.append(seq[lo:hi])
+        lo = hi
+    return parts
+
+
+def _concat(parts):
+    if parts and all(type(p).__module__ == "numpy" and hasattr(p, "ndim") and p.ndim > 0 for p in parts):
+        import numpy
+
+        return numpy.concatenate(parts)
+    if all(isinstance(p, (list, tuple, range)) for p in parts):
+        out = []
+        for p in parts:
+            out.extend(p)
+        return out
+    return list(parts)
+
+
+def _flatten_lists(parts):
+    out = []
+    for p in parts:
+        out.extend(p)
+    return out
+
+
+class DirectView:
+    """Engines addressed explicitly: rc[:], rc[0], rc[1:3], rc[[0, 2]].
+
+    Every method takes block= (default: view.block, True) and targets= (default: the view's).
+    Blocking calls return the value; non-blocking ones an AsyncResult.
+    """
+
+    def __init__(self, client, targets, block=True):
+        self.client = client
+        self.targets = targets
+        self.block = block
+
+    def __repr__(self):
+        return f"<DirectView {self.targets}>"
+
+    def __len__(self):
+        return 1 if isinstance(self.targets, numbers.Integral) else len(self.targets)
+
+    # --- one private path for every verb ---
+    def _resolve_targets(self, targets):
+        t = self.targets if targets is None else targets
+        if isinstance(t, numbers.Integral):
+            return [self.client._check_id(int(t))], True
+        ids = self.client._resolve(t)
+        return ids, False
+
+    def _run(self, msg, bufs, method, targets, block, parts=None, post=None):
+        ids, single = self._resolve_targets(targets)
+        msg.r.shared_bufs = len(bufs)
+        if parts is not None:
+            msg.r.part_bufs = [len(p) for p in parts]
+            for p in parts:
+                bufs.extend(p)
+        ar = self.client._submit(msg, bufs, ids, method, single and post is None, post)
+        block = self.block if block is None else block
+        return ar.get() if block else ar
+
+    # --- namespace ---
+    def push(self, ns, targets=None, block=None):
+        """Merge the dict ns into each engine's namespace."""
+        if not isinstance(ns, dict):
+            raise TypeError(f"push takes a dict of names to values, not {type(ns).__name__}")
+        bufs = serialize.checked_dumps(dict(ns), "the pushed namespace")
+        return self._run(_core.push_request(), bufs, "push", targets, block)
+
+    def update(self, ns):
+        return self.push(ns)
+
+    def pull(self, names, targets=None, block=None):
+        """Values of names (a str, or a list of str) from each engine."""
+        single = isinstance(names, str)
+        msg = _core.pull_request()
+        msg.names = [names] if single else list(names)
+        if not all(isinstance(n, str) for n in msg.names):
+            raise TypeError("pull takes a name or a list of names (str)")
+        msg.single = single
+        return self._run(msg, [], "pull", targets, block)
+
+    def get(self, key):
+        return self.pull(key, block=True)
+
+    def __getitem__(self, key):
+        if not isinstance(key, str):
+            raise TypeError("view[...] takes a variable name; use client[...] to choose engines")
+        return self.pull(key, block=True)
+
+    def __setitem__(self, key, value):
+        self.push({key: value}, block=True)
+
+    # --- code ---
+    def execute(self, code, silent=True, targets=None, block=None):
+        """Run code (a str) in each engine's namespace. Returns an AsyncResult, after waiting
+        for it when blocking (errors are raised then)."""
+        if not isinstance(code, str):
+            raise TypeError(f"execute takes code as a str, not {type(code).__name__}")
+        msg = _core.execute_request()
+        msg.code = code
+        ar = self._run(msg, [], "execute", targets, False)
+        if self.block if block is None else block:
+            ar.get()
+        return ar
+
+    def apply(self, f, *args, **kwargs):
+        """f(*args, **kwargs) on each engine; blocks per view.block."""
+        return self._apply(f, args, kwargs, None)
+
+    def apply_sync(self, f, *args, **kwargs):
+        return self._apply(f, args, kwargs, True)
+
+    def apply_async(self, f, *args, **kwargs):
+        return self._apply(f, args, kwargs, False)
+
+    def _apply(self, f, args, kwargs, block):
+        if not callable(f):
+            raise TypeError(f"apply needs a callable, not {type(f).__name__}")
+        bufs = serialize.checked_dumps((f, args, kwargs), f"{getattr(f, '__name__', 'the function')} and its arguments", code=True)
+        return self._run(_core.apply_request(), bufs, "apply", None, block)
+
+    def map(self, f, *seqs, block=None):
+        """[f(*xs) for xs in zip(*seqs)], the work split in contiguous blocks over the engines;
+        the result is in order."""
+        if not seqs:
+            raise TypeError("map needs at least one sequence")
+        ids, _ = self._resolve_targets(None)
+        fbufs = serialize.checked_dumps(f, getattr(f, "__name__", "the function"), code=True)
+        split = [_partition(s, len(ids)) for s in seqs]
+        parts = [serialize.checked_dumps(list(zip(*chunks)), "the mapped sequence") for chunks in zip(*split)]
+        return self._run(_core.map_request(), fbufs, "map", None, block, parts=parts, post=_flatten_lists)
+
+    def map_sync(self, f, *seqs):
+        return self.map(f, *seqs, block=True)
+
+    def map_async(self, f, *seqs):
+        return self.map(f, *seqs, block=False)
+
+    # --- distributed data ---
+    def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None):
+        """Bind key on each engine to its contiguous block of seq (numpy arrays travel without
+        copies). Blocking returns None."""
+        if dist != "b":
+            raise ValueError("only dist='b' (contiguous blocks) is supported")
+        ids, _ = self._resolve_targets(targets)
+        parts = [serialize.checked_dumps(p, f"part of {key!r}") for p in _partition(seq, len(ids))]
+        msg = _core.scatter_request()
+        msg.key = key
+        msg.flatten = flatten
+        r = self._run(msg, [], "scatter", ids, block, parts=parts, post=lambda _: None)
+        return r
+
+    def gather(self, key, dist="b", targets=None, block=None):
+        """key from each engine, concatenated in engine order (numpy arrays with
+        numpy.concatenate, sequences into one list)."""
+        if dist != "b":
+            raise ValueError("only dist='b' (contiguous blocks) is supported")
+        ids, _ = self._resolve_targets(targets)
+        msg = _core.gather_request()
+        msg.key = key
+        return self._run(msg, [], "gather", ids, block, post=_concat)

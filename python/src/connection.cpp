@@ -1,0 +1,180 @@
+#include "connection.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <system_error>
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "pcluster/protocol/auth.hpp"
+#include "pcluster/protocol/codec.hpp"
+
+namespace pcluster::client {
+
+namespace proto = pcluster::protocol;
+
+namespace {
+int connect_to(const std::string& host, int port, proto::clock::time_point deadline) {
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    if (int rc = getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res); rc != 0)
+        throw std::system_error(EHOSTUNREACH, std::generic_category(), "cannot resolve " + host + ": " + gai_strerror(rc));
+    std::string last = "no address";
+    for (addrinfo* a = res; a; a = a->ai_next) {
+        int fd = ::socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) continue;
+        int rc = ::connect(fd, a->ai_addr, a->ai_addrlen);
+        if (rc != 0 && errno == EINPROGRESS) {
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - proto::clock::now()).count();
+            pollfd p{fd, POLLOUT, 0};
+            if (::poll(&p, 1, static_cast<int>(std::max<long long>(left, 0))) == 1) {
+                int err = 0;
+                socklen_t len = sizeof err;
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+                rc = err ? -1 : 0;
+                errno = err ? err : ETIMEDOUT;
+            } else {
+                rc = -1;
+                errno = ETIMEDOUT;
+            }
+        }
+        if (rc == 0) {
+            freeaddrinfo(res);
+            fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            return fd;
+        }
+        last = std::strerror(errno);
+        ::close(fd);
+    }
+    freeaddrinfo(res);
+    throw std::system_error(ECONNREFUSED, std::generic_category(),
+                            "cannot connect to " + host + ":" + std::to_string(port) + " (" + last + ")");
+}
+}  // namespace
+
+connection::connection(const std::string& host, int port, const std::string& key_hex, double timeout_s) {
+    const auto deadline = proto::clock::now() + std::chrono::milliseconds(static_cast<long long>(timeout_s * 1000));
+    const proto::digest key = proto::from_hex(key_hex);
+    fd_ = connect_to(host, port, deadline);
+    try {
+        auto ch = proto::decode<proto::challenge>(proto::read_frame(fd_, deadline, 1 << 16).view());
+        job_id_ = ch.job_id;
+        proto::auth_request req;
+        req.mac = proto::auth_mac(key, proto::client_label, ch.nonce);
+        req.client_nonce = proto::random_bytes32();
+        proto::write_frame(fd_, proto::encode(req));
+        auto rep = proto::decode<proto::auth_reply>(proto::read_frame(fd_, deadline, 1 << 24).view());
+        if (!rep.ok) throw auth_error(rep.message);
+        if (!proto::macs_equal(rep.mac, proto::auth_mac(key, proto::bridge_label, req.client_nonce)))
+            throw auth_error("the job could not prove it holds the key");
+        client_no_ = rep.client_no;
+        engines_ = std::move(rep.engines);
+    } catch (...) {
+        ::close(fd_);
+        fd_ = -1;
+        throw;
+    }
+    reader_ = std::thread([this] { read_loop(); });
+}
+
+connection::~connection() { close(); }
+
+void connection::send(const proto::outgoing_frame& f) {
+    std::lock_guard lk(send_mu_);
+    {
+        std::lock_guard lk2(mu_);
+        if (closed_) throw std::system_error(ENOTCONN, std::generic_category(), reason_);
+    }
+    proto::write_frame(fd_, f);
+}
+
+void connection::read_loop() {
+    std::string why;
+    try {
+        for (;;) {
+            auto f = proto::read_frame(fd_, std::nullopt);
+            auto v = f.view();
+            if (v.type() == static_cast<std::uint16_t>(proto::message_type::job_ended)) {
+                why = "the job ended: " + proto::decode<proto::job_ended>(v).reason;
+                break;
+            }
+            auto r = std::make_shared<reply>(reply{proto::decode<proto::engine_reply>(v), std::move(f)});
+            std::lock_guard lk(mu_);
+            if (r->meta.engine < 0) refused_[r->meta.id] = true;
+            replies_[r->meta.id].push_back(std::move(r));
+            cv_.notify_all();
+        }
+    } catch (const std::exception& e) {
+        why = std::string("connection to the job lost: ") + e.what();
+    }
+    std::lock_guard lk(mu_);
+    if (!closed_) {
+        closed_ = true;
+        reason_ = why;
+    }
+    cv_.notify_all();
+}
+
+bool connection::complete_locked(std::uint64_t id, std::size_t n) {
+    auto it = replies_.find(id);
+    return (it != replies_.end() && it->second.size() >= n) || refused_.count(id);
+}
+
+bool connection::wait(std::uint64_t id, std::size_t n, proto::clock::time_point deadline) {
+    std::unique_lock lk(mu_);
+    cv_.wait_until(lk, deadline, [&] { return complete_locked(id, n) || closed_; });
+    return complete_locked(id, n);
+}
+
+std::size_t connection::count(std::uint64_t id) {
+    std::lock_guard lk(mu_);
+    auto it = replies_.find(id);
+    return it == replies_.end() ? 0 : it->second.size();
+}
+
+std::vector<reply_ptr> connection::take(std::uint64_t id) {
+    std::lock_guard lk(mu_);
+    std::vector<reply_ptr> out;
+    if (auto it = replies_.find(id); it != replies_.end()) {
+        out = std::move(it->second);
+        replies_.erase(it);
+    }
+    refused_.erase(id);
+    return out;
+}
+
+bool connection::closed() {
+    std::lock_guard lk(mu_);
+    return closed_;
+}
+
+std::string connection::close_reason() {
+    std::lock_guard lk(mu_);
+    return reason_;
+}
+
+void connection::close() {
+    {
+        std::lock_guard lk(mu_);
+        if (!closed_) {
+            closed_ = true;
+            reason_ = "the client closed the connection";
+        }
+    }
+    if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+    if (reader_.joinable()) reader_.join();
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    cv_.notify_all();
+}
+
+}  // namespace pcluster::client

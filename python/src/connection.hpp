@@ -1,0 +1,77 @@
+// The client's side of a connection to a job's bridge: login, sending request frames, and a
+// reader thread that files replies by request id. Used by the Python client through
+// pcluster._core; no Python in here, so the reader never needs the GIL.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "pcluster/protocol/messages.hpp"
+#include "pcluster/protocol/stream.hpp"
+
+namespace pcluster::client {
+
+struct auth_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// One engine's reply, with the frame it came in (its buffers are views into it).
+struct reply {
+    protocol::engine_reply meta;
+    protocol::received_frame frame;
+};
+using reply_ptr = std::shared_ptr<const reply>;
+
+class connection {
+public:
+    // Connects and logs in; throws auth_error (wrong key), protocol::version_error,
+    // protocol::timeout_error or std::system_error. Bounded by timeout_s.
+    connection(const std::string& host, int port, const std::string& key_hex, double timeout_s);
+    ~connection();
+    connection(const connection&) = delete;
+    connection& operator=(const connection&) = delete;
+
+    std::uint32_t client_no() const { return client_no_; }
+    const std::vector<protocol::engine_info>& engines() const { return engines_; }
+    const std::string& job_id() const { return job_id_; }
+
+    // Thread-safe; blocks until the frame is handed to the kernel.
+    void send(const protocol::outgoing_frame& f);
+
+    // Waits until `id` has at least `n` replies, or a refusal (engine -1), or the connection
+    // ends, or `deadline`. Returns whether the request is complete.
+    bool wait(std::uint64_t id, std::size_t n, protocol::clock::time_point deadline);
+    std::size_t count(std::uint64_t id);
+    // Removes and returns the replies filed for `id` so far.
+    std::vector<reply_ptr> take(std::uint64_t id);
+
+    bool closed();
+    std::string close_reason();
+    void close();
+
+private:
+    void read_loop();
+    bool complete_locked(std::uint64_t id, std::size_t n);
+
+    int fd_ = -1;
+    std::uint32_t client_no_ = 0;
+    std::string job_id_;
+    std::vector<protocol::engine_info> engines_;
+    std::mutex send_mu_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::map<std::uint64_t, std::vector<reply_ptr>> replies_;
+    std::map<std::uint64_t, bool> refused_;
+    bool closed_ = false;
+    std::string reason_;
+    std::thread reader_;
+};
+
+}  // namespace pcluster::client
