@@ -60,11 +60,18 @@ def install_deadline(seconds):
         signal.alarm(int(seconds))
 
 
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected an integer >= 1, got {text}")
+    return value
+
+
 def add_repeat_args(parser, small=200, small_warmup=20, big=3, big_warmup=1):
     """Repeat options common to the client benches; --quick overrides whatever was given."""
-    parser.add_argument("--small-repeats", type=int, default=small, help="timed runs of each latency op")
+    parser.add_argument("--small-repeats", type=positive_int, default=small, help="timed runs of each latency op")
     parser.add_argument("--small-warmup", type=int, default=small_warmup, help="untimed runs before those")
-    parser.add_argument("--big-repeats", type=int, default=big, help="timed runs of each bulk-data op")
+    parser.add_argument("--big-repeats", type=positive_int, default=big, help="timed runs of each bulk-data op")
     parser.add_argument("--big-warmup", type=int, default=big_warmup, help="untimed runs before those")
     parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run, not a measurement")
 
@@ -76,7 +83,7 @@ def apply_quick(args):
 
 
 def summarize(samples, warmup):
-    """Result record of one operation; run.py reads `median_s`."""
+    """Result record of one operation (samples in seconds, at least one); run.py reads `median_s`."""
     return {
         "median_s": statistics.median(samples),
         "min_s": min(samples),
@@ -89,7 +96,7 @@ def summarize(samples, warmup):
 
 
 def time_op(fn, repeats, warmup):
-    """Median-ready samples of wall time of fn() (perf_counter); warm-up calls are not recorded."""
+    """summarize() of fn()'s wall time over `repeats` timed calls, after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
     samples = []

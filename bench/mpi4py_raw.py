@@ -120,9 +120,9 @@ def scatter_gather(results, reps, engines):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", help="where rank 0 writes the results")
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs of each bulk transfer")
+    ap.add_argument("--repeats", type=bl.positive_int, default=5, help="timed runs of each bulk transfer")
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs before those")
-    ap.add_argument("--pingpong-repeats", type=int, default=2000, help="timed 8-byte round trips")
+    ap.add_argument("--pingpong-repeats", type=bl.positive_int, default=2000, help="timed 8-byte round trips")
     ap.add_argument("--pingpong-warmup", type=int, default=200)
     ap.add_argument("--quick", action="store_true", help="few repeats: a smoke run, not a measurement")
     args = ap.parse_args()

@@ -13,7 +13,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -87,20 +86,7 @@ def run_part(name, cmd, limit, json_path, log_dir):
             proc.wait(timeout=limit + GRACE_S)
         except subprocess.TimeoutExpired:
             error = f"killed after {limit + GRACE_S} s"
-            tree = bl.descendants(proc.pid)
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-            for pid, start in tree.items():
-                st = bl.proc_stat(pid)
-                if st is not None and st[1] == start:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-            bl.kill_tree(proc, grace=1)
+            bl.kill_tree(proc, grace=30)
     result = None
     try:
         with open(json_path) as f:
@@ -152,7 +138,7 @@ def table(res):
         met = "n/a" if measured is None else "yes" if measured <= limit else "no"
         rows.append(
             f"| {label} | {fmt_time(pcl)} | {fmt_time(ipp)} | {fmt_time(raw) if key in RAW_FOR else '—'} "
-            f"| {fmt_ratio(ratio(ipp, pcl))} | {fmt_ratio(ratio(pcl, raw))} | {text} | {met} |"
+            f"| {fmt_ratio(ratio(ipp, pcl))} | {fmt_ratio(ratio(pcl, raw)) if key in RAW_FOR else '—'} | {text} | {met} |"
         )
     return "\n".join(rows)
 

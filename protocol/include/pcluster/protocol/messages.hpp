@@ -46,6 +46,7 @@ enum class message_type : std::uint16_t {
 //   shared_bufs: the first `shared_bufs` frame buffers go to every target.
 //   part_bufs: empty, or one count per target: the next part_bufs[k] buffers go to targets[k] only.
 struct route {
+    bool operator==(const route&) const = default;
     std::uint64_t id = 0;
     std::vector<std::int32_t> targets;
     std::uint32_t shared_bufs = 0;
@@ -58,6 +59,7 @@ struct route {
 };
 
 struct challenge {
+    bool operator==(const challenge&) const = default;
     std::array<std::uint8_t, 32> nonce{};
     std::string job_id;
     template <class Archive>
@@ -67,6 +69,7 @@ struct challenge {
 // mac = HMAC-SHA256(key, "pcluster-client" || challenge.nonce); client_nonce lets the client check
 // the bridge holds the key too.
 struct auth_request {
+    bool operator==(const auth_request&) const = default;
     std::array<std::uint8_t, 32> mac{};
     std::array<std::uint8_t, 32> client_nonce{};
     template <class Archive>
@@ -74,6 +77,7 @@ struct auth_request {
 };
 
 struct engine_info {
+    bool operator==(const engine_info&) const = default;
     std::int32_t id = 0;
     std::string host;
     std::int64_t pid = 0;
@@ -83,6 +87,7 @@ struct engine_info {
 
 // mac = HMAC-SHA256(key, "pcluster-bridge" || auth_request.client_nonce) when ok.
 struct auth_reply {
+    bool operator==(const auth_reply&) const = default;
     bool ok = false;
     std::string message;
     std::uint32_t client_no = 0;
@@ -94,6 +99,7 @@ struct auth_reply {
 
 // Runs `code` in each target's namespace.
 struct execute_request {
+    bool operator==(const execute_request&) const = default;
     route r;
     std::string code;
     template <class Archive>
@@ -102,6 +108,7 @@ struct execute_request {
 
 // Shared buffers: one pickled dict (stream + out-of-band buffers) merged into each namespace.
 struct push_request {
+    bool operator==(const push_request&) const = default;
     route r;
     template <class Archive>
     void serialize(Archive& ar, std::uint32_t) { ar(r); }
@@ -109,6 +116,7 @@ struct push_request {
 
 // Each target replies with one pickle: the value of names[0] if single, else a list of values.
 struct pull_request {
+    bool operator==(const pull_request&) const = default;
     route r;
     std::vector<std::string> names;
     bool single = true;
@@ -118,6 +126,7 @@ struct pull_request {
 
 // Shared buffers: cloudpickled (f, args, kwargs). Each target replies with pickled f(*args, **kw).
 struct apply_request {
+    bool operator==(const apply_request&) const = default;
     route r;
     template <class Archive>
     void serialize(Archive& ar, std::uint32_t) { ar(r); }
@@ -125,6 +134,7 @@ struct apply_request {
 
 // Parts: target k's pickled slice of the sequence, bound to `key` in its namespace.
 struct scatter_request {
+    bool operator==(const scatter_request&) const = default;
     route r;
     std::string key;
     bool flatten = false;
@@ -134,6 +144,7 @@ struct scatter_request {
 
 // Each target replies with pickled namespace[key].
 struct gather_request {
+    bool operator==(const gather_request&) const = default;
     route r;
     std::string key;
     template <class Archive>
@@ -143,6 +154,7 @@ struct gather_request {
 // Shared buffers: cloudpickled f. Parts: target k's pickled list of argument tuples. Each target
 // replies with the pickled list [f(*t) for t in part].
 struct map_request {
+    bool operator==(const map_request&) const = default;
     route r;
     template <class Archive>
     void serialize(Archive& ar, std::uint32_t) { ar(r); }
@@ -150,6 +162,7 @@ struct map_request {
 
 // Engines leave their loop after replying; the controller then ends the job.
 struct shutdown_request {
+    bool operator==(const shutdown_request&) const = default;
     route r;
     template <class Archive>
     void serialize(Archive& ar, std::uint32_t) { ar(r); }
@@ -161,6 +174,7 @@ enum class reply_status : std::uint8_t { ok = 0, error = 1 };
 // request (bad targets, malformed layout); it is then the only reply for that id.
 // Buffers: the pickled result (stream + out-of-band buffers), none on error.
 struct engine_reply {
+    bool operator==(const engine_reply&) const = default;
     std::uint64_t id = 0;
     std::int32_t engine = -1;
     reply_status status = reply_status::ok;
@@ -177,6 +191,7 @@ struct engine_reply {
 
 // The bridge tells every client before it closes: the job is over.
 struct job_ended {
+    bool operator==(const job_ended&) const = default;
     std::string reason;
     template <class Archive>
     void serialize(Archive& ar, std::uint32_t) { ar(reason); }
@@ -184,6 +199,7 @@ struct job_ended {
 
 // Controller -> bridge at start-up.
 struct job_info {
+    bool operator==(const job_info&) const = default;
     std::string job_id;
     std::vector<engine_info> engines;
     std::string controller_host;
@@ -196,6 +212,7 @@ struct job_info {
 
 // Bridge -> controller once it listens and the connection file is written.
 struct bridge_ready {
+    bool operator==(const bridge_ready&) const = default;
     std::string address;
     std::uint16_t port = 0;
     std::string connection_file;
