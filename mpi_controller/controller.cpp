@@ -86,7 +86,7 @@ public:
     // Event loop. Returns once the shutdown request's replies reached the bridge (or the bridge
     // is gone and engines were told to stop).
     void run() {
-        wire::backoff idle(200'000, 1'000'000);
+        wire::backoff idle;
         if (bridge_fd_ < 0) enqueue_internal_shutdown();
         while (!finished_) {
             bool progress = false;
@@ -100,11 +100,13 @@ public:
             progress |= poll_mpi();
             progress |= probe_p_replies();
             flush_bridge();
+            if (finish_when_drained_ && inflight_.empty() && b_inflight_.empty() && queue_.empty()) finished_ = true;
             if (progress) {
                 idle.reset();
                 continue;
             }
-            const std::int64_t s = idle.next_sleep();
+            // While transfers are under way keep polling (yielding): they only advance when we do.
+            const std::int64_t s = idle.next_sleep(!inflight_.empty() || !b_inflight_.empty());
             if (s == 0) continue;
             // Sleep in ppoll so a request from the bridge wakes us at once.
             pollfd p{bridge_fd_, static_cast<short>(POLLIN | (writer_.empty() ? 0 : POLLOUT)), 0};
@@ -230,8 +232,7 @@ private:
         writer_.push(proto::encode(rep));
     }
 
-    // Issues queued requests in arrival order. A P request never overtakes an earlier B request
-    // still waiting for the collective channel: that keeps every engine's order FIFO.
+    // Issues queued requests in arrival order; every engine replays that order (see mpi_wire.hpp).
     bool issue() {
         bool any = false;
         while (!queue_.empty()) {
@@ -239,7 +240,6 @@ private:
             if (o.targets.size() == 1 && !o.shutdown) {
                 issue_p(o);
             } else {
-                if (b_locked_) break;
                 issue_b(o);
             }
             queue_.pop_front();
@@ -291,10 +291,12 @@ private:
         for (int e = 0; e < n_; ++e) slots[e].p2p_before = p2p_sent_[e];
         ++bcast_sent_;
 
-        auto lens = std::make_shared<std::vector<std::uint64_t>>(n_ + 1, 0);
+        if (blob_len <= wire::inline_request)
+            std::memcpy(env->data() + wire::envelope_inline_offset(n_), bytes->data(), blob_len);
+        auto slots_in = std::make_shared<proto::byte_buffer>(wire::reply_slot * (n_ + 1));
         inflight fl;
         wire::ibcast_bytes(env->data(), env->size(), bcomm_, fl.reqs);
-        wire::ibcast_bytes(bytes->data(), blob_len, bcomm_, fl.reqs);
+        if (blob_len > wire::inline_request) wire::ibcast_bytes(bytes->data(), blob_len, bcomm_, fl.reqs);
         if (has_parts) {
             if (wire::parts_fit_scatterv(part_len)) {
                 std::vector<int> counts(n_ + 1, 0), displs(n_ + 1, 0);
@@ -314,50 +316,55 @@ private:
             }
         }
         MPI_Request r;
-        wire::check(MPI_Igather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, lens->data(), 1, MPI_UINT64_T, 0, bcomm_, &r),
+        wire::check(MPI_Igather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, slots_in->data(), static_cast<int>(wire::reply_slot),
+                                MPI_BYTE, 0, bcomm_, &r),
                     "MPI_Igather");
         fl.reqs.push_back(r);
-        b_locked_ = true;
         const bool internal = o.internal, shutdown = o.shutdown;
-        fl.then = [this, env, bytes, lens, internal, shutdown] { gather_replies(lens, internal, shutdown); };
-        inflight_.push_back(std::move(fl));
+        fl.then = [this, env, bytes, slots_in, internal, shutdown] { collect_replies(slots_in, internal, shutdown); };
+        b_inflight_.push_back(std::move(fl));
+        // The channel is free for the next B request as soon as this one's collectives are posted:
+        // every rank posts them in the same order.
     }
 
-    // Second half of a B request: the replies, once their lengths are known.
-    void gather_replies(std::shared_ptr<std::vector<std::uint64_t>> lens, bool internal, bool shutdown) {
-        std::vector<int> counts(n_ + 1, 0), displs(n_ + 1, 0);
-        std::uint64_t units = 0;
+    // Second half of a B request: small replies came inline in their slots; large ones follow
+    // point to point from their engines.
+    void collect_replies(std::shared_ptr<proto::byte_buffer> slots_in, bool internal, bool shutdown) {
         for (int i = 1; i <= n_; ++i) {
-            const std::uint64_t u = wire::padded((*lens)[i]) / wire::gather_unit;
-            counts[i] = static_cast<int>(u);
-            displs[i] = static_cast<int>(units);
-            units += u;
-        }
-        auto blob = std::make_shared<proto::byte_buffer>(units * wire::gather_unit);
-        inflight fl;
-        MPI_Request r;
-        wire::check(MPI_Igatherv(nullptr, 0, wire::gather_type(), blob->data(), counts.data(), displs.data(),
-                                 wire::gather_type(), 0, bcomm_, &r),
-                    "MPI_Igatherv");
-        fl.reqs.push_back(r);
-        b_locked_ = false;
-        fl.then = [this, blob, lens, counts, displs, internal, shutdown] {
-            if (!internal) {
-                for (int i = 1; i <= n_; ++i) {
-                    if ((*lens)[i] == 0) continue;
-                    proto::outgoing_frame of;
-                    of.bufs.emplace_back(blob->data() + std::uint64_t(displs[i]) * wire::gather_unit, (*lens)[i]);
-                    of.keepalive = blob;
-                    writer_.push(std::move(of));
-                }
+            const char* slot = slots_in->data() + wire::reply_slot * i;
+            std::uint64_t len;
+            std::memcpy(&len, slot, 8);
+            if (len == 0) continue;
+            if (len <= wire::inline_reply) {
+                if (internal) continue;
+                proto::outgoing_frame of;
+                of.bufs.emplace_back(slot + 8, len);
+                of.keepalive = slots_in;
+                writer_.push(std::move(of));
+            } else {
+                auto big = std::make_shared<proto::byte_buffer>(len);
+                inflight one;
+                wire::irecv_bytes(big->data(), len, i, wire::tag_reply_b, bcomm_, one.reqs);
+                one.then = [this, big, internal] {
+                    if (!internal) writer_.push_raw(big);
+                };
+                inflight_.push_back(std::move(one));
             }
-            if (shutdown) finished_ = true;
-        };
-        inflight_.push_back(std::move(fl));
+        }
+        // Finish once every large reply is in as well.
+        if (shutdown) finish_when_drained_ = true;
     }
 
     bool poll_mpi() {
         bool any = false;
+        // B requests complete strictly in issue order: their large replies are matched by
+        // (source, tag) order, so the receives must be posted in that order too.
+        while (!b_inflight_.empty() && wire::test_all(b_inflight_.front().reqs)) {
+            auto then = std::move(b_inflight_.front().then);
+            b_inflight_.pop_front();
+            then();
+            any = true;
+        }
         for (auto it = inflight_.begin(); it != inflight_.end();) {
             if (wire::test_all(it->reqs)) {
                 auto then = std::move(it->then);
@@ -410,9 +417,10 @@ private:
     proto::frame_writer writer_;
     std::deque<op> queue_;
     std::list<inflight> inflight_;
+    std::deque<inflight> b_inflight_;
+    bool finish_when_drained_ = false;
     std::vector<std::uint64_t> p2p_sent_;
     std::uint64_t bcast_sent_ = 0;
-    bool b_locked_ = false;
     bool stopping_ = false;
     bool finished_ = false;
 };

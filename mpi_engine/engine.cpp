@@ -75,7 +75,7 @@ public:
     void run() {
         post_b();
         post_p();
-        wire::backoff idle(200'000, 1'000'000);
+        wire::backoff idle;
         std::optional<py::gil_scoped_release> nogil{std::in_place};
         while (!stop_) {
             if (!b_ready_) b_ready_ = test(b_req_);
@@ -134,7 +134,10 @@ private:
         py::bytearray blob = new_bytearray(h.blob_len);
         std::optional<py::bytearray> part;
         std::vector<MPI_Request> reqs;
-        wire::ibcast_bytes(data_of(blob), h.blob_len, bcomm_, reqs);
+        if (h.blob_len <= wire::inline_request)
+            std::memcpy(data_of(blob), env_.data() + wire::envelope_inline_offset(n_), h.blob_len);
+        else
+            wire::ibcast_bytes(data_of(blob), h.blob_len, bcomm_, reqs);
         if (h.has_parts) {
             part = new_bytearray(s.part_len);
             std::vector<std::uint64_t> lens(n_);
@@ -154,16 +157,19 @@ private:
         std::shared_ptr<proto::byte_buffer> reply;
         std::uint64_t len = 0;
         if (s.targeted) {
-            reply = handle(blob, part ? py::object(*part) : py::none(), true, &len);
+            reply = handle(blob, part ? py::object(*part) : py::none(), &len);
             check_shutdown(blob);
         }
+        // Reply slot: the length, then the reply itself when it fits; else it follows p2p.
+        std::vector<char> slot_out(wire::reply_slot, 0);
+        std::memcpy(slot_out.data(), &len, 8);
+        if (len > 0 && len <= wire::inline_reply) std::memcpy(slot_out.data() + 8, reply->data(), len);
         MPI_Request r;
-        wire::check(MPI_Igather(&len, 1, MPI_UINT64_T, nullptr, 1, MPI_UINT64_T, 0, bcomm_, &r), "MPI_Igather");
+        wire::check(MPI_Igather(slot_out.data(), static_cast<int>(wire::reply_slot), MPI_BYTE, nullptr, 0, MPI_BYTE, 0,
+                                bcomm_, &r),
+                    "MPI_Igather");
         reqs.push_back(r);
-        wire::check(MPI_Igatherv(reply ? reply->data() : nullptr, static_cast<int>(wire::padded(len) / wire::gather_unit),
-                                 wire::gather_type(), nullptr, nullptr, nullptr, wire::gather_type(), 0, bcomm_, &r),
-                    "MPI_Igatherv");
-        reqs.push_back(r);
+        if (len > wire::inline_reply) wire::isend_bytes(reply->data(), len, 0, wire::tag_reply_b, bcomm_, reqs);
         wait(reqs);
     }
 
@@ -173,7 +179,7 @@ private:
         wire::irecv_bytes(data_of(frame), phead_.frame_len, 0, wire::tag_p_data, p2p_, reqs);
         wait(reqs);
         std::uint64_t len = 0;
-        auto reply = handle(frame, py::none(), false, &len);
+        auto reply = handle(frame, py::none(), &len);
         wire::isend_bytes(&len, sizeof len, 0, wire::tag_reply_head, p2p_, reqs);
         wire::isend_bytes(reply->data(), len, 0, wire::tag_reply, p2p_, reqs);
         wait(reqs);
@@ -187,9 +193,8 @@ private:
 
     // The request boundary: pcluster._kernel.handle catches everything the user's code raises;
     // this catches what escapes the kernel itself, so no request ever kills the engine.
-    // Returns the reply frame, padded to the gather unit when `pad`.
-    std::shared_ptr<proto::byte_buffer> handle(const py::bytearray& frame, py::object part, bool pad,
-                                               std::uint64_t* len) {
+    // Returns the reply frame (length in *len).
+    std::shared_ptr<proto::byte_buffer> handle(const py::bytearray& frame, py::object part, std::uint64_t* len) {
         std::vector<py::buffer_info> infos;
         py::list bufs;
         try {
@@ -209,26 +214,24 @@ private:
             rep.ename = "EngineInternalError";
             rep.evalue = e.what();
             auto flat = proto::encode(rep).flatten();
-            return copy_out({{flat.data(), flat.size()}}, pad, len);
+            return copy_out({{flat.data(), flat.size()}}, len);
         }
         std::vector<std::span<const char>> spans;
         for (auto& i : infos) spans.emplace_back(static_cast<const char*>(i.ptr), static_cast<std::size_t>(i.size * i.itemsize));
-        return copy_out(spans, pad, len);
+        return copy_out(spans, len);
     }
 
     // One copy: MPI needs the reply contiguous, and the pickle's out-of-band buffers are not.
-    static std::shared_ptr<proto::byte_buffer> copy_out(const std::vector<std::span<const char>>& spans, bool pad,
+    static std::shared_ptr<proto::byte_buffer> copy_out(const std::vector<std::span<const char>>& spans,
                                                         std::uint64_t* len) {
         std::uint64_t n = 0;
         for (auto& s : spans) n += s.size();
-        const std::uint64_t cap = pad ? wire::padded(n) : n;
-        auto out = std::make_shared<proto::byte_buffer>(std::max<std::uint64_t>(cap, 1));
+        auto out = std::make_shared<proto::byte_buffer>(std::max<std::uint64_t>(n, 1));
         char* p = out->data();
         for (auto& s : spans) {
             std::memcpy(p, s.data(), s.size());
             p += s.size();
         }
-        if (cap > n) std::memset(p, 0, cap - n);
         *len = n;
         return out;
     }

@@ -1,6 +1,8 @@
 """Engine side of every request; called by the C++ engine loop, one request at a time."""
 
 import __main__
+import itertools
+import linecache
 import sys
 import time
 import traceback
@@ -47,8 +49,14 @@ def _bind(f):
     return g
 
 
+_cell = itertools.count(1)
+
+
 def _execute(msg, shared, part):
-    exec(compile(msg.code, "<execute>", "exec"), _ns)
+    # A linecache entry per cell lets tracebacks quote the user's source lines.
+    name = f"<execute-{next(_cell)}>"
+    linecache.cache[name] = (len(msg.code), None, msg.code.splitlines(True), name)
+    exec(compile(msg.code, name, "exec"), _ns)
     return None
 
 
@@ -109,6 +117,23 @@ def _remote_traceback(exc):
     return traceback.format_exception(type(exc), exc, tb)
 
 
+def _safe_str(e):
+    try:
+        return str(e)
+    except BaseException:  # noqa: B036
+        return f"<unprintable {type(e).__name__} object>"
+
+
+def _flush_streams():
+    # User code may replace or close sys.stdout/sys.stderr; that is its business, not an error
+    # of every later request.
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.flush()
+        except BaseException:  # noqa: B036
+            pass
+
+
 def handle(frame, part):
     """The request boundary: whatever the user's code does (raise, SystemExit,
     KeyboardInterrupt), the reply says so and the engine lives on. Returns the reply frame as a
@@ -130,10 +155,12 @@ def handle(frame, part):
         bufs = []
         rep.ok = False
         rep.ename = type(e).__name__
-        rep.evalue = str(e)
-        rep.traceback = _remote_traceback(e)
+        rep.evalue = _safe_str(e)
+        try:
+            rep.traceback = _remote_traceback(e)
+        except BaseException:  # noqa: B036 - a hostile exception must not break the reply
+            rep.traceback = [f"{rep.ename}: {rep.evalue}\n"]
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush_streams()
     rep.completed = time.time()
     return [_core.encode_reply(rep, bufs)] + bufs

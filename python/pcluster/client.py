@@ -57,9 +57,16 @@ class Client:
         self.connection_file = path
         ip = info.get("ip", "127.0.0.1")
         host = info.get("host", "localhost") if ip in ("0.0.0.0", "::") else ip
-        port = int(info["port"])
         try:
-            self._conn = _core.connection(host, port, info["key"], float(timeout))
+            port = int(info["port"])
+            key = info["key"]
+            bytes.fromhex(key)
+            if len(key) != 64:
+                raise ValueError("key must be 64 hex digits")
+        except (KeyError, TypeError, ValueError) as e:
+            raise NoJobError(f"{path} is not a valid pcluster connection file ({type(e).__name__}: {e})") from None
+        try:
+            self._conn = _core.connection(host, port, key, float(timeout))
         except _core.AuthenticationError as e:
             raise AuthenticationError(
                 f"{e}: the job at {host}:{port} refused the key in {path}. The file is stale or belongs to "
@@ -67,6 +74,11 @@ class Client:
             ) from None
         except _core.ProtocolVersionError as e:
             raise NoJobError(f"{e} (job at {host}:{port}, from {path})") from None
+        except ValueError as e:
+            raise NoJobError(
+                f"the server at {host}:{port} (from {path}) does not speak the pcluster protocol: {e}. "
+                f"The connection file is stale and the port now belongs to another program."
+            ) from None
         except (ConnectionError, TimeoutError) as e:
             raise NoJobError(
                 f"no pcluster job answers at {host}:{port} (from {path}): {e}. The job may have ended; "

@@ -134,6 +134,8 @@ PYBIND11_MODULE(_core, m) {
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
+        } catch (const pcluster::client::auth_error& e) {
+            auth_exc(e.what());
         } catch (const proto::version_error& e) {
             version_exc(e.what());
         } catch (const proto::timeout_error& e) {

@@ -3,12 +3,15 @@
 //
 // Two channels carry requests, each FIFO on its own:
 //   B (collective, communicator `bcast_comm`, root 0): requests for several engines. Per request
-//     every engine takes part in, in this order: Ibcast(envelope), Ibcast(blob: the request frame
-//     up to its parts), [Iscatterv(parts) | point-to-point parts when they exceed int counts],
-//     Igather(reply length), Igatherv(replies, in 64-byte units). Non-targets contribute nothing.
+//     every engine takes part in, in this order: Ibcast(envelope, with the request inline when it
+//     is small), [Ibcast(blob: the request frame up to its parts) when it is not],
+//     [Iscatterv(parts) | point-to-point parts when they exceed int counts],
+//     Igather(reply slot: length + the reply inline when small). A reply too large for its slot
+//     follows point to point (tag_reply_b), as a linear Gatherv would move it. Non-targets take
+//     part with empty contributions.
 //   P (point-to-point, communicator `p2p_comm`): requests for one engine. tag_p_head carries
-//     {bcast_before, frame_len}, tag_p_data the frame (in chunks of at most 1 GiB), tag_reply the
-//     engine's reply frame (same chunking, preceded by a tag_reply_head length).
+//     {bcast_before, frame_len}, tag_p_data the frame (in chunks of at most 1 GiB), tag_reply_head
+//     the reply's length and tag_reply the reply (same chunking).
 // Order across the two channels: the envelope says, per engine, how many P requests were issued
 // to it before; a P head says how many B requests were issued before. An engine runs whichever
 // pending request has all its predecessors done, which replays the controller's issue order.
@@ -24,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include <sched.h>
 #include <sys/prctl.h>
 
 namespace pcluster::mpi_wire {
@@ -32,9 +36,14 @@ inline constexpr int tag_p_head = 1;
 inline constexpr int tag_p_data = 2;
 inline constexpr int tag_reply_head = 3;
 inline constexpr int tag_reply = 4;
-inline constexpr int tag_part = 5;  // B-channel parts too large for Iscatterv's int counts
-inline constexpr std::uint64_t gather_unit = 64;
+inline constexpr int tag_part = 5;     // B-channel parts too large for Iscatterv's int counts
+inline constexpr int tag_reply_b = 6;  // B-channel replies too large for their slot
 inline constexpr std::uint64_t chunk = std::uint64_t{1} << 30;
+// Small requests ride inside the envelope and small replies inside their gather slot, so a
+// small all-engine request costs two collectives: one broadcast, one gather.
+inline constexpr std::size_t inline_request = 4096;
+inline constexpr std::size_t reply_slot = 1024;
+inline constexpr std::size_t inline_reply = reply_slot - 8;
 
 struct mpi_error : std::runtime_error {
     using std::runtime_error::runtime_error;
@@ -59,7 +68,11 @@ struct envelope_slot {
     std::uint64_t p2p_before;
     std::uint64_t targeted;
 };
+// Layout: envelope_head | envelope_slot[n_engines] | inline request bytes (inline_request).
 inline std::size_t envelope_size(int n_engines) {
+    return sizeof(envelope_head) + sizeof(envelope_slot) * static_cast<std::size_t>(n_engines) + inline_request;
+}
+inline std::size_t envelope_inline_offset(int n_engines) {
     return sizeof(envelope_head) + sizeof(envelope_slot) * static_cast<std::size_t>(n_engines);
 }
 
@@ -68,24 +81,11 @@ struct p_head {
     std::uint64_t frame_len;
 };
 
-inline std::uint64_t padded(std::uint64_t n) { return (n + gather_unit - 1) / gather_unit * gather_unit; }
-
 // Whether the parts of a B request fit Iscatterv's int counts and displacements.
 inline bool parts_fit_scatterv(const std::vector<std::uint64_t>& part_lens) {
     std::uint64_t total = 0;
     for (auto l : part_lens) total += l;
     return total <= static_cast<std::uint64_t>(INT_MAX);
-}
-
-// MPI datatype of gather_unit bytes, committed once per process.
-inline MPI_Datatype gather_type() {
-    static MPI_Datatype t = [] {
-        MPI_Datatype d;
-        check(MPI_Type_contiguous(static_cast<int>(gather_unit), MPI_BYTE, &d), "MPI_Type_contiguous");
-        check(MPI_Type_commit(&d), "MPI_Type_commit");
-        return d;
-    }();
-    return t;
 }
 
 // Ibcast of any length: pieces of at most `chunk` bytes, the same on every rank.
@@ -136,14 +136,19 @@ inline bool test_all(std::vector<MPI_Request>& reqs) {
     return done != 0;
 }
 
-// Spin-then-backoff idling. A rank blocked in MPI_Wait busy-polls a whole core (Open MPI has no
-// interrupt-driven shared-memory wait); on an oversubscribed node those spinning ranks starve the
-// ones doing work. So: poll for `spin_ns` after the last progress (keeps round trips in the
-// microseconds), then sleep with exponential backoff up to `max_sleep_ns` (~1% of a core idle).
+// Idling without burning a core. A rank blocked in MPI_Wait busy-polls a whole core (Open MPI
+// has no interrupt-driven shared-memory wait); on an oversubscribed node those spinning ranks
+// starve the ones doing work. Three phases after the last progress:
+//   spin    (spin_ns): poll flat out - round trips stay in the microseconds;
+//   yield   (until yield_ns, or busy_yield_ns while a transfer is under way): poll, but
+//           sched_yield() between polls so runnable ranks get the core; nonblocking transfers
+//           only advance while both sides poll, so this keeps large messages at full speed;
+//   sleep:  nanosleep, doubling from 1 us up to max_sleep_ns (~1% of a core when idle).
 class backoff {
 public:
-    explicit backoff(std::int64_t spin_ns = 200'000, std::int64_t max_sleep_ns = 1'000'000)
-        : spin_ns_(spin_ns), max_sleep_ns_(max_sleep_ns) {
+    explicit backoff(std::int64_t spin_ns = 50'000, std::int64_t yield_ns = 2'000'000,
+                     std::int64_t busy_yield_ns = 1'000'000'000, std::int64_t max_sleep_ns = 1'000'000)
+        : spin_ns_(spin_ns), yield_ns_(yield_ns), busy_yield_ns_(busy_yield_ns), max_sleep_ns_(max_sleep_ns) {
         // The default 50 us timer slack would turn every short sleep into 50+ us.
         prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
         reset();
@@ -152,15 +157,20 @@ public:
         idle_since_ = now_ns();
         sleep_ns_ = 1000;
     }
-    // How long the caller should sleep now (0: keep spinning).
-    std::int64_t next_sleep() {
-        if (now_ns() - idle_since_ < spin_ns_) return 0;
+    // How long the caller should sleep now; 0: poll again at once.
+    std::int64_t next_sleep(bool busy = false) {
+        const std::int64_t idle = now_ns() - idle_since_;
+        if (idle < spin_ns_) return 0;
+        if (idle < (busy ? busy_yield_ns_ : yield_ns_)) {
+            sched_yield();
+            return 0;
+        }
         const std::int64_t s = sleep_ns_;
         sleep_ns_ = std::min(sleep_ns_ * 2, max_sleep_ns_);
         return s;
     }
-    void idle() {
-        const std::int64_t s = next_sleep();
+    void idle(bool busy = false) {
+        const std::int64_t s = next_sleep(busy);
         if (s == 0) return;
         timespec ts{static_cast<time_t>(s / 1'000'000'000), static_cast<long>(s % 1'000'000'000)};
         nanosleep(&ts, nullptr);
@@ -172,13 +182,13 @@ public:
     }
 
 private:
-    std::int64_t spin_ns_, max_sleep_ns_, idle_since_ = 0, sleep_ns_ = 1000;
+    std::int64_t spin_ns_, yield_ns_, busy_yield_ns_, max_sleep_ns_, idle_since_ = 0, sleep_ns_ = 1000;
 };
 
 // Waits for all of `reqs` without burning a core.
 inline void wait_all(std::vector<MPI_Request>& reqs) {
     backoff b;
-    while (!test_all(reqs)) b.idle();
+    while (!test_all(reqs)) b.idle(true);
 }
 
 }  // namespace pcluster::mpi_wire
