@@ -27,6 +27,7 @@
 
 #include "pcluster/protocol/auth.hpp"
 #include "pcluster/protocol/codec.hpp"
+#include "pcluster/protocol/shm.hpp"
 #include "pcluster/protocol/stream.hpp"
 
 namespace proto = pcluster::protocol;
@@ -244,9 +245,19 @@ private:
     }
 
     void forward(client& c, proto::received_frame f) {
-        auto r = proto::decode_route(f.view());  // also checks the whole meta is well formed
-        if ((r.id >> 32) != c.no)
-            throw proto::frame_error("request id " + std::to_string(r.id) + " does not carry this client's number " +
+        auto v = f.view();
+        std::uint64_t id;
+        if (v.type() == static_cast<std::uint16_t>(proto::message_type::shm_frame)) {
+            // The controller maps and checks the file itself; the bridge never touches user data.
+            auto ref = proto::decode<proto::shm_frame>(v);
+            if (!proto::valid_shm_path(ref.path) || ref.size > max_frame_)
+                throw proto::frame_error("shared-memory frame " + ref.path + " refused");
+            id = ref.id;
+        } else {
+            id = proto::decode_route(v).id;  // also checks the whole meta is well formed
+        }
+        if ((id >> 32) != c.no)
+            throw proto::frame_error("request id " + std::to_string(id) + " does not carry this client's number " +
                                      std::to_string(c.no));
         ctl_writer_.push_raw(std::move(f.bytes));
         flush_controller();
@@ -265,8 +276,16 @@ private:
             if (st == proto::frame_reader::status::again) return true;
             if (st == proto::frame_reader::status::closed) return false;
             std::uint64_t id = 0;
+            std::string shm_path;
             try {
-                id = proto::decode<proto::engine_reply>(f.view()).id;
+                auto v = f.view();
+                if (v.type() == static_cast<std::uint16_t>(proto::message_type::shm_frame)) {
+                    auto ref = proto::decode<proto::shm_frame>(v);
+                    id = ref.id;
+                    shm_path = ref.path;
+                } else {
+                    id = proto::decode<proto::engine_reply>(v).id;
+                }
             } catch (const std::exception& e) {
                 spdlog::error("unexpected frame from the controller: {}", e.what());
                 continue;
@@ -275,6 +294,7 @@ private:
             auto it = std::find_if(clients_.begin(), clients_.end(), [&](auto& kv) { return kv.second.no == no; });
             if (it == clients_.end()) {
                 spdlog::debug("reply {:#x} for a client that has left; dropped", id);
+                if (!shm_path.empty() && proto::valid_shm_path(shm_path)) ::unlink(shm_path.c_str());
                 continue;
             }
             it->second.writer.push_raw(std::move(f.bytes));
@@ -377,9 +397,11 @@ int main(int argc, char** argv) {
     fs::path path = conn_file.empty() ? default_connection_file() : conn_file;
     bool wrote = false;
     int status = 0;
+    std::int64_t controller_pid = 0;
     try {
         auto deadline = proto::clock::now() + std::chrono::seconds(30);
         auto info = proto::decode<proto::job_info>(proto::read_frame(ctl_fd, deadline).view());
+        controller_pid = info.controller_pid;
         if (ip == "0.0.0.0" || ip == "::")
             spdlog::warn("listening on all interfaces ({}): anyone who can reach this host may try to connect; "
                          "only the key in the connection file lets them in", ip);
@@ -414,6 +436,13 @@ int main(int argc, char** argv) {
         fs::remove(path);
         wrote = false;
         b.farewell(reason);
+        // Shared-memory replies the controller made that no client took (a client died first).
+        // Clients read a reply before the farewell that follows it; give them a moment anyway.
+        const std::string owner = "s" + std::to_string(controller_pid);
+        if (proto::has_shm_leftovers(owner)) {
+            usleep(500'000);
+            proto::remove_shm_leftovers(owner);
+        }
         spdlog::debug("bridge done: {}", reason);
     } catch (const std::exception& e) {
         spdlog::error("{}", e.what());

@@ -10,6 +10,7 @@
 
 #include "controller.hpp"
 #include "engine.hpp"
+#include "pcluster/protocol/mpi_wire.hpp"
 
 int main(int argc, char** argv) {
     pcluster::controller::options opt;
@@ -31,6 +32,7 @@ int main(int argc, char** argv) {
     spdlog::set_level(spdlog::level::from_str(opt.log_level));
     spdlog::set_pattern("pcluster %^%l%$: %v");
 
+    pcluster::mpi_wire::keep_freed_memory();
     int provided = 0;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
     int rank = 0, size = 0;

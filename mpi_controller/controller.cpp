@@ -29,6 +29,7 @@
 
 #include "pcluster/protocol/codec.hpp"
 #include "pcluster/protocol/mpi_wire.hpp"
+#include "pcluster/protocol/shm.hpp"
 #include "pcluster/protocol/stream.hpp"
 
 extern char** environ;
@@ -74,6 +75,8 @@ public:
         MPI_Comm_size(world, &size);
         n_ = size - 1;
         p2p_sent_.assign(n_, 0);
+        p_pending_.resize(n_);
+        shm_owner_ = "s" + std::to_string(getpid());
     }
     ~controller() {
         MPI_Comm_free(&bcomm_);
@@ -184,6 +187,13 @@ private:
     void accept(proto::received_frame f) {
         op o;
         try {
+            if (f.view().type() == static_cast<std::uint16_t>(proto::message_type::shm_frame)) {
+                auto ref = proto::decode<proto::shm_frame>(f.view());
+                o.r.id = ref.id;
+                f.bytes = proto::take_shm(ref);
+                if (proto::decode_route(f.view()).id != ref.id)
+                    throw std::invalid_argument("shared-memory frame holds another request than it names");
+            }
             auto view = f.view();
             o.r = proto::decode_route(view);
             if (stopping_) throw std::invalid_argument("the job is shutting down");
@@ -257,6 +267,7 @@ private:
         wire::isend_bytes(bytes->data(), bytes->size(), e + 1, wire::tag_p_data, p2p_, fl.reqs);
         fl.then = [head, bytes] {};
         ++p2p_sent_[e];
+        p_pending_[e].push_back({o.r.id, (o.r.flags & proto::reply_by_shm) != 0});
         inflight_.push_back(std::move(fl));
     }
 
@@ -320,8 +331,11 @@ private:
                                 MPI_BYTE, 0, bcomm_, &r),
                     "MPI_Igather");
         fl.reqs.push_back(r);
-        const bool internal = o.internal, shutdown = o.shutdown;
-        fl.then = [this, env, bytes, slots_in, internal, shutdown] { collect_replies(slots_in, internal, shutdown); };
+        const bool internal = o.internal, shutdown = o.shutdown, shm = (o.r.flags & proto::reply_by_shm) != 0;
+        const std::uint64_t id = o.r.id;
+        fl.then = [this, env, bytes, slots_in, id, shm, internal, shutdown] {
+            collect_replies(slots_in, id, shm, internal, shutdown);
+        };
         b_inflight_.push_back(std::move(fl));
         // The channel is free for the next B request as soon as this one's collectives are posted:
         // every rank posts them in the same order.
@@ -329,7 +343,8 @@ private:
 
     // Second half of a B request: small replies came inline in their slots; large ones follow
     // point to point from their engines.
-    void collect_replies(std::shared_ptr<proto::byte_buffer> slots_in, bool internal, bool shutdown) {
+    void collect_replies(std::shared_ptr<proto::byte_buffer> slots_in, std::uint64_t id, bool shm, bool internal,
+                         bool shutdown) {
         for (int i = 1; i <= n_; ++i) {
             const char* slot = slots_in->data() + wire::reply_slot * i;
             std::uint64_t len;
@@ -342,17 +357,38 @@ private:
                 of.keepalive = slots_in;
                 writer_.push(std::move(of));
             } else {
-                auto big = std::make_shared<proto::byte_buffer>(len);
-                inflight one;
-                wire::irecv_bytes(big->data(), len, i, wire::tag_reply_b, bcomm_, one.reqs);
-                one.then = [this, big, internal] {
-                    if (!internal) writer_.push_raw(big);
-                };
-                inflight_.push_back(std::move(one));
+                receive_reply(i, wire::tag_reply_b, bcomm_, len, id, shm, internal, inflight_);
             }
         }
         // Finish once every large reply is in as well.
         if (shutdown) finish_when_drained_ = true;
+    }
+
+    // Receives a reply of `len` bytes from `src` and passes it on: into shared memory when the
+    // client shares our host and the reply is large (the client maps it; no socket copies).
+    void receive_reply(int src, int tag, MPI_Comm comm, std::uint64_t len, std::uint64_t id, bool shm, bool internal,
+                       std::list<inflight>& where) {
+        inflight fl;
+        if (shm && !internal && len >= proto::shm_threshold) {
+            try {
+                auto out = std::make_shared<proto::shm_out>(proto::create_shm(shm_owner_, len));
+                wire::irecv_bytes(out->map->data(), len, src, tag, comm, fl.reqs);
+                fl.then = [this, out, id, len] {
+                    out->map.reset();
+                    writer_.push(proto::encode(proto::shm_frame{id, out->path, len}));
+                };
+                where.push_back(std::move(fl));
+                return;
+            } catch (const std::system_error& e) {
+                spdlog::warn("shared memory unavailable ({}); the reply goes through the bridge", e.what());
+            }
+        }
+        auto big = std::make_shared<proto::byte_buffer>(len);
+        wire::irecv_bytes(big->data(), len, src, tag, comm, fl.reqs);
+        fl.then = [this, big, internal] {
+            if (!internal) writer_.push_raw(big);
+        };
+        where.push_back(std::move(fl));
     }
 
     bool poll_mpi() {
@@ -388,11 +424,10 @@ private:
             std::uint64_t len = 0;
             wire::check(MPI_Recv(&len, 1, MPI_UINT64_T, st.MPI_SOURCE, wire::tag_reply_head, p2p_, MPI_STATUS_IGNORE),
                         "MPI_Recv");
-            auto bytes = std::make_shared<proto::byte_buffer>(len);
-            inflight fl;
-            wire::irecv_bytes(bytes->data(), len, st.MPI_SOURCE, wire::tag_reply, p2p_, fl.reqs);
-            fl.then = [this, bytes] { writer_.push_raw(bytes); };
-            inflight_.push_back(std::move(fl));
+            auto& q = p_pending_[st.MPI_SOURCE - 1];
+            const pending p = q.empty() ? pending{0, false} : q.front();
+            if (!q.empty()) q.pop_front();
+            receive_reply(st.MPI_SOURCE, wire::tag_reply, p2p_, len, p.id, p.shm, false, inflight_);
             any = true;
         }
     }
@@ -420,6 +455,13 @@ private:
     std::deque<inflight> b_inflight_;
     bool finish_when_drained_ = false;
     std::vector<std::uint64_t> p2p_sent_;
+    // Per engine, the P requests awaiting replies, in order (replies come back in that order).
+    struct pending {
+        std::uint64_t id;
+        bool shm;
+    };
+    std::vector<std::deque<pending>> p_pending_;
+    std::string shm_owner_;
     std::uint64_t bcast_sent_ = 0;
     bool stopping_ = false;
     bool finished_ = false;
@@ -436,8 +478,15 @@ pid_t spawn_bridge(const options& opt, int fd, const std::string& job_id) {
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
+    // Its own session: mpirun kills the process group of a rank it tears down (Ctrl-C), and the
+    // bridge must outlive the controller long enough to tell clients and remove the file. It
+    // notices the controller's end through its socket.
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID);
     pid_t pid;
-    int rc = posix_spawn(&pid, opt.bridge_path.c_str(), nullptr, nullptr, argv.data(), environ);
+    int rc = posix_spawn(&pid, opt.bridge_path.c_str(), nullptr, &attr, argv.data(), environ);
+    posix_spawnattr_destroy(&attr);
     if (rc != 0)
         throw std::system_error(rc, std::generic_category(), "cannot start the bridge " + opt.bridge_path);
     return pid;

@@ -45,6 +45,7 @@ class AsyncResult(concurrent.futures.Future):
             return False
         if not self.done():
             self._resolve(conn.take(self.msg_id))
+            conn.release(self.msg_id)
         return True
 
     def _resolve(self, replies):

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <system_error>
 
 #include <netdb.h>
@@ -14,6 +15,7 @@
 
 #include "pcluster/protocol/auth.hpp"
 #include "pcluster/protocol/codec.hpp"
+#include "pcluster/protocol/shm.hpp"
 
 namespace pcluster::client {
 
@@ -78,6 +80,16 @@ connection::connection(const std::string& host, int port, const std::string& key
             throw auth_error("the job could not prove it holds the key");
         client_no_ = rep.client_no;
         engines_ = std::move(rep.engines);
+        // Same host when both ends of the socket carry the same address (loopback included).
+        sockaddr_storage a{}, b{};
+        socklen_t la = sizeof a, lb = sizeof b;
+        char ha[NI_MAXHOST] = "", hb[NI_MAXHOST] = "";
+        if (getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &la) == 0 &&
+            getpeername(fd_, reinterpret_cast<sockaddr*>(&b), &lb) == 0 &&
+            getnameinfo(reinterpret_cast<sockaddr*>(&a), la, ha, sizeof ha, nullptr, 0, NI_NUMERICHOST) == 0 &&
+            getnameinfo(reinterpret_cast<sockaddr*>(&b), lb, hb, sizeof hb, nullptr, 0, NI_NUMERICHOST) == 0)
+            local_ = std::string(ha) == hb && ::access(proto::shm_dir, W_OK) == 0;
+        shm_owner_ = "c" + proto::to_hex(proto::random_bytes32()).substr(0, 10);
     } catch (...) {
         ::close(fd_);
         fd_ = -1;
@@ -88,12 +100,38 @@ connection::connection(const std::string& host, int port, const std::string& key
 
 connection::~connection() { close(); }
 
-void connection::send(const proto::outgoing_frame& f) {
-    std::lock_guard lk(send_mu_);
+void connection::send(std::uint64_t id, const proto::outgoing_frame& f) {
     {
         std::lock_guard lk2(mu_);
         if (closed_) throw std::system_error(ENOTCONN, std::generic_category(), reason_);
     }
+    const std::uint64_t size = f.size();
+    if (local_ && size >= proto::shm_threshold) {
+        // One copy into shared memory, outside the send lock, instead of two socket hops.
+        std::optional<segment> seg;
+        try {
+            seg = get_segment(size);
+        } catch (const std::exception&) {
+            // /dev/shm full or missing: the socket path still works.
+        }
+        if (seg) {
+            char* p = seg->map->data();
+            std::memcpy(p, f.head.data(), f.head.size());
+            p += f.head.size();
+            for (const auto& b : f.bufs) {
+                std::memcpy(p, b.data(), b.size());
+                p += b.size();
+            }
+            {
+                std::lock_guard lk(pool_mu_);
+                busy_segments_[id] = *seg;
+            }
+            std::lock_guard lk(send_mu_);
+            proto::write_frame(fd_, proto::encode(proto::shm_frame{id, seg->path, size, true}));
+            return;
+        }
+    }
+    std::lock_guard lk(send_mu_);
     proto::write_frame(fd_, f);
 }
 
@@ -106,6 +144,10 @@ void connection::read_loop() {
             if (v.type() == static_cast<std::uint16_t>(proto::message_type::job_ended)) {
                 why = "the job ended: " + proto::decode<proto::job_ended>(v).reason;
                 break;
+            }
+            if (v.type() == static_cast<std::uint16_t>(proto::message_type::shm_frame)) {
+                f.bytes = proto::take_shm(proto::decode<proto::shm_frame>(v));
+                v = f.view();
             }
             auto r = std::make_shared<reply>(reply{proto::decode<proto::engine_reply>(v), std::move(f)});
             std::lock_guard lk(mu_);
@@ -152,6 +194,38 @@ std::vector<reply_ptr> connection::take(std::uint64_t id) {
     return out;
 }
 
+connection::segment connection::get_segment(std::uint64_t size) {
+    {
+        std::lock_guard lk(pool_mu_);
+        // Smallest free segment that fits.
+        auto best = free_segments_.end();
+        for (auto it = free_segments_.begin(); it != free_segments_.end(); ++it)
+            if (it->map->size() >= size && (best == free_segments_.end() || it->map->size() < best->map->size())) best = it;
+        if (best != free_segments_.end()) {
+            segment s = std::move(*best);
+            free_segments_.erase(best);
+            return s;
+        }
+    }
+    auto out = proto::create_shm(shm_owner_, size);
+    return segment{out.path, std::move(out.map)};
+}
+
+void connection::release(std::uint64_t id) {
+    std::lock_guard lk(pool_mu_);
+    auto it = busy_segments_.find(id);
+    if (it == busy_segments_.end()) return;
+    free_segments_.push_back(std::move(it->second));
+    busy_segments_.erase(it);
+    // Bound what the pool holds: at most 4 segments; the largest go first.
+    while (free_segments_.size() > 4) {
+        auto big = std::max_element(free_segments_.begin(), free_segments_.end(),
+                                    [](auto& a, auto& b) { return a.map->size() < b.map->size(); });
+        ::unlink(big->path.c_str());
+        free_segments_.erase(big);
+    }
+}
+
 bool connection::closed() {
     std::lock_guard lk(mu_);
     return closed_;
@@ -174,6 +248,12 @@ void connection::close() {
     if (reader_.joinable()) reader_.join();
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
+    {
+        std::lock_guard lk(pool_mu_);
+        free_segments_.clear();
+        busy_segments_.clear();
+    }
+    if (!shm_owner_.empty()) proto::remove_shm_leftovers(shm_owner_);
     cv_.notify_all();
 }
 

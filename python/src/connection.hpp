@@ -42,8 +42,11 @@ public:
     const std::vector<protocol::engine_info>& engines() const { return engines_; }
     const std::string& job_id() const { return job_id_; }
 
-    // Thread-safe; blocks until the frame is handed to the kernel.
-    void send(const protocol::outgoing_frame& f);
+    // Thread-safe; blocks until the frame is handed to the kernel (or to shared memory, when the
+    // job is on this host and the frame is large). `id` is the request's id.
+    void send(std::uint64_t id, const protocol::outgoing_frame& f);
+    // Whether the job shares this host (then large frames go by shared memory both ways).
+    bool local() const { return local_; }
 
     // Waits until `id` has at least `n` replies, or a refusal (engine -1), or the connection
     // ends, or `deadline`. Returns whether the request is complete.
@@ -51,6 +54,8 @@ public:
     std::size_t count(std::uint64_t id);
     // Removes and returns the replies filed for `id` so far.
     std::vector<reply_ptr> take(std::uint64_t id);
+    // The request `id` is complete: its shared-memory segment (if any) may carry the next one.
+    void release(std::uint64_t id);
 
     bool closed();
     std::string close_reason();
@@ -61,6 +66,17 @@ private:
     bool complete_locked(std::uint64_t id, std::size_t n);
 
     int fd_ = -1;
+    bool local_ = false;
+    std::string shm_owner_;
+    // Shared-memory segments for large requests, reused once a request's replies are in.
+    struct segment {
+        std::string path;
+        std::shared_ptr<protocol::byte_buffer> map;
+    };
+    std::mutex pool_mu_;
+    std::vector<segment> free_segments_;
+    std::map<std::uint64_t, segment> busy_segments_;
+    segment get_segment(std::uint64_t size);
     std::uint32_t client_no_ = 0;
     std::string job_id_;
     std::vector<protocol::engine_info> engines_;

@@ -50,12 +50,14 @@ std::vector<std::span<const char>> spans_of(py::list bufs, std::vector<py::buffe
 }
 
 template <class T>
-void send_as(connection& c, const T& msg, py::list bufs) {
+void send_as(connection& c, const T& msg_in, py::list bufs) {
     std::vector<py::buffer_info> infos;
     auto spans = spans_of(bufs, infos);
+    T msg = msg_in;
+    if (c.local()) msg.r.flags |= proto::reply_by_shm;
     auto frame = proto::encode(msg, std::move(spans));
     py::gil_scoped_release nogil;
-    c.send(frame);
+    c.send(msg.r.id, frame);
 }
 
 template <class T, class Cls>
@@ -152,7 +154,8 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("id", &proto::route::id)
         .def_readwrite("targets", &proto::route::targets)
         .def_readwrite("shared_bufs", &proto::route::shared_bufs)
-        .def_readwrite("part_bufs", &proto::route::part_bufs);
+        .def_readwrite("part_bufs", &proto::route::part_bufs)
+        .def_readwrite("flags", &proto::route::flags);
 
     py::class_<proto::engine_info>(m, "engine_info")
         .def_readonly("id", &proto::engine_info::id)
@@ -227,6 +230,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("client_no", &connection::client_no)
         .def_property_readonly("engines", &connection::engines)
         .def_property_readonly("job_id", &connection::job_id)
+        .def_property_readonly("local", &connection::local)
         .def("send", &send_as<proto::execute_request>)
         .def("send", &send_as<proto::push_request>)
         .def("send", &send_as<proto::pull_request>)
@@ -257,6 +261,7 @@ PYBIND11_MODULE(_core, m) {
             },
             py::arg("id"), py::arg("n"), py::arg("timeout") = py::none())
         .def("count", &connection::count)
+        .def("release", &connection::release)
         .def("take", [](connection& c, std::uint64_t id) {
             auto v = c.take(id);
             std::vector<std::shared_ptr<reply>> out;

@@ -39,16 +39,22 @@ struct version_error : frame_error {
 
 // Owned bytes that are not zero-filled on allocation: receive buffers of gigabytes are written
 // by recv/MPI right away, so clearing them first would only cost a pass over memory.
+// It may instead own a memory mapping (a shared-memory frame, see shm.hpp), unmapped on destruction.
 class byte_buffer {
 public:
     byte_buffer() = default;
-    explicit byte_buffer(std::size_t n) : data_(std::make_unique_for_overwrite<char[]>(n)), size_(n) {}
-    char* data() { return data_.get(); }
-    const char* data() const { return data_.get(); }
+    explicit byte_buffer(std::size_t n) : heap_(std::make_unique_for_overwrite<char[]>(n)), size_(n) {}
+    static std::shared_ptr<byte_buffer> adopt_mapping(char* map, std::size_t n);
+    ~byte_buffer();
+    byte_buffer(const byte_buffer&) = delete;
+    byte_buffer& operator=(const byte_buffer&) = delete;
+    char* data() { return map_ ? map_ : heap_.get(); }
+    const char* data() const { return map_ ? map_ : heap_.get(); }
     std::size_t size() const { return size_; }
 
 private:
-    std::unique_ptr<char[]> data_;
+    std::unique_ptr<char[]> heap_;
+    char* map_ = nullptr;
     std::size_t size_ = 0;
 };
 

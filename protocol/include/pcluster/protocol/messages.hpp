@@ -34,6 +34,8 @@ enum class message_type : std::uint16_t {
     // replies and notices, back towards the client
     engine_reply = 40,
     job_ended = 41,
+    // a large frame handed over in shared memory (same host only)
+    shm_frame = 20,
     // bridge <-> controller only
     job_info = 60,
     bridge_ready = 61,
@@ -45,16 +47,22 @@ enum class message_type : std::uint16_t {
 //   targets: engine ids, in the order the parts are given; empty means every engine.
 //   shared_bufs: the first `shared_bufs` frame buffers go to every target.
 //   part_bufs: empty, or one count per target: the next part_bufs[k] buffers go to targets[k] only.
+//   flags: route_flags bits.
+enum route_flags : std::uint32_t {
+    // The client shares this host's /dev/shm: large replies may come as shm_frame.
+    reply_by_shm = 1,
+};
 struct route {
     bool operator==(const route&) const = default;
     std::uint64_t id = 0;
     std::vector<std::int32_t> targets;
     std::uint32_t shared_bufs = 0;
     std::vector<std::uint32_t> part_bufs;
+    std::uint32_t flags = 0;
 
     template <class Archive>
     void serialize(Archive& ar, std::uint32_t /*version*/) {
-        ar(id, targets, shared_bufs, part_bufs);
+        ar(id, targets, shared_bufs, part_bufs, flags);
     }
 };
 
@@ -220,6 +228,21 @@ struct bridge_ready {
     void serialize(Archive& ar, std::uint32_t) { ar(address, port, connection_file); }
 };
 
+// A frame too large to be worth copying through sockets, left in the first `size` bytes of a
+// shared-memory file at `path` (/dev/shm/pcluster-*, mode 0600) by whoever made it. The receiver
+// maps it; unless `keep`, it also unlinks it. With `keep` the sender reuses the file once the
+// request's replies are in (a client's segment pool: fresh pages cost more than the copy).
+// `id` is the request id, so errors and routing need not open the file.
+struct shm_frame {
+    bool operator==(const shm_frame&) const = default;
+    std::uint64_t id = 0;
+    std::string path;
+    std::uint64_t size = 0;
+    bool keep = false;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(id, path, size, keep); }
+};
+
 // Compile-time map from struct to its wire type.
 template <class T> struct type_of;
 #define PCLUSTER_MESSAGE(T)                                                             \
@@ -239,6 +262,7 @@ PCLUSTER_MESSAGE(map_request)
 PCLUSTER_MESSAGE(shutdown_request)
 PCLUSTER_MESSAGE(engine_reply)
 PCLUSTER_MESSAGE(job_ended)
+PCLUSTER_MESSAGE(shm_frame)
 PCLUSTER_MESSAGE(job_info)
 PCLUSTER_MESSAGE(bridge_ready)
 #undef PCLUSTER_MESSAGE
@@ -279,5 +303,6 @@ CEREAL_CLASS_VERSION(pcluster::protocol::map_request, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::shutdown_request, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::engine_reply, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::job_ended, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::shm_frame, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::job_info, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::bridge_ready, 1)

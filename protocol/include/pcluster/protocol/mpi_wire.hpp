@@ -27,7 +27,9 @@
 #include <string>
 #include <vector>
 
+#include <malloc.h>
 #include <sched.h>
+#include <cstdlib>
 #include <sys/prctl.h>
 
 namespace pcluster::mpi_wire {
@@ -184,6 +186,17 @@ public:
 private:
     std::int64_t spin_ns_, yield_ns_, busy_yield_ns_, max_sleep_ns_, idle_since_ = 0, sleep_ns_ = 1000;
 };
+
+// Large transfers land in fresh memory, and on a VM a fresh page costs more than copying into
+// it (here: ~60 ms to fault in 100 MiB, 8 ms to copy it). Keep freed memory in the process's
+// heap instead of unmapping it, so the next large message reuses warm pages. Set
+// PCLUSTER_MALLOC_DEFAULT=1 to keep glibc's defaults (memory goes back to the OS sooner).
+inline void keep_freed_memory() {
+    const char* env = std::getenv("PCLUSTER_MALLOC_DEFAULT");
+    if (env && *env == '1') return;
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
 
 // Waits for all of `reqs` without burning a core.
 inline void wait_all(std::vector<MPI_Request>& reqs) {

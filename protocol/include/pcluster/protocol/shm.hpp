@@ -1,0 +1,39 @@
+// Shared-memory frames: when client and job share a host, large frames skip the two socket hops
+// (client -> bridge -> controller, and back) and travel as a file in /dev/shm that the sender
+// fills and the receiver maps. Only the small shm_frame reference crosses the sockets.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "pcluster/protocol/frame.hpp"
+#include "pcluster/protocol/messages.hpp"
+
+namespace pcluster::protocol {
+
+// Frames at least this large go by shared memory when the peer allows it.
+inline constexpr std::uint64_t shm_threshold = std::uint64_t{1} << 20;
+inline constexpr const char* shm_dir = "/dev/shm";
+inline constexpr const char* shm_prefix = "pcluster-";
+
+// A new shared-memory file of `size` bytes mapped read-write, named
+// /dev/shm/pcluster-<owner>-<random>. Throws std::system_error (no space, no /dev/shm).
+struct shm_out {
+    std::string path;
+    std::shared_ptr<byte_buffer> map;
+};
+shm_out create_shm(const std::string& owner, std::uint64_t size);
+
+// Maps the file named by `ref` and unlinks it. Checks the name's form and that the file is a
+// regular file of exactly ref.size bytes owned by this user. Throws frame_error / system_error.
+std::shared_ptr<byte_buffer> take_shm(const shm_frame& ref);
+
+// Whether `path` has the form create_shm makes (checked before anything touches it).
+bool valid_shm_path(const std::string& path);
+
+// Removes leftovers /dev/shm/pcluster-<owner>-* (after a peer died before taking them).
+void remove_shm_leftovers(const std::string& owner);
+bool has_shm_leftovers(const std::string& owner);
+
+}  // namespace pcluster::protocol

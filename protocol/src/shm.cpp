@@ -1,0 +1,98 @@
+#include "pcluster/protocol/shm.hpp"
+
+#include <cerrno>
+#include <filesystem>
+#include <system_error>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "pcluster/protocol/auth.hpp"
+
+namespace pcluster::protocol {
+
+std::shared_ptr<byte_buffer> byte_buffer::adopt_mapping(char* map, std::size_t n) {
+    auto b = std::make_shared<byte_buffer>();
+    b->map_ = map;
+    b->size_ = n;
+    return b;
+}
+
+byte_buffer::~byte_buffer() {
+    if (map_) ::munmap(map_, size_ ? size_ : 1);
+}
+
+namespace {
+[[noreturn]] void fail(const std::string& what) { throw std::system_error(errno, std::generic_category(), what); }
+}  // namespace
+
+shm_out create_shm(const std::string& owner, std::uint64_t size) {
+    const std::string path = std::string(shm_dir) + "/" + shm_prefix + owner + "-" + to_hex(random_bytes32()).substr(0, 24);
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) fail("cannot create " + path);
+    // fallocate reserves the pages now: running out of /dev/shm is an error here, not a SIGBUS later.
+    if (size && ::posix_fallocate(fd, 0, static_cast<off_t>(size)) != 0) {
+        ::close(fd);
+        ::unlink(path.c_str());
+        errno = ENOSPC;
+        fail("cannot reserve " + std::to_string(size) + " bytes in " + shm_dir);
+    }
+    void* p = ::mmap(nullptr, size ? size : 1, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) {
+        ::unlink(path.c_str());
+        fail("cannot map " + path);
+    }
+    return {path, byte_buffer::adopt_mapping(static_cast<char*>(p), size)};
+}
+
+bool valid_shm_path(const std::string& path) {
+    const std::string head = std::string(shm_dir) + "/" + shm_prefix;
+    if (path.size() <= head.size() || path.size() > 200 || path.compare(0, head.size(), head) != 0) return false;
+    for (char c : path.substr(head.size()))
+        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-')) return false;
+    return true;
+}
+
+std::shared_ptr<byte_buffer> take_shm(const shm_frame& ref) {
+    if (!valid_shm_path(ref.path)) throw frame_error("shared-memory frame path " + ref.path + " is not one pcluster makes");
+    int fd = ::open(ref.path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) fail("cannot open shared-memory frame " + ref.path);
+    if (!ref.keep) ::unlink(ref.path.c_str());
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() ||
+        static_cast<std::uint64_t>(st.st_size) < ref.size) {
+        ::close(fd);
+        throw frame_error("shared-memory frame " + ref.path + " is not a regular file of at least " +
+                          std::to_string(ref.size) + " bytes owned by this user");
+    }
+    // Shared, not private: a private writable mapping would copy every page on populate. Without
+    // `keep` the file is unlinked and the pages are ours alone; with it the receiver only reads.
+    void* p = ::mmap(nullptr, ref.size ? ref.size : 1, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) fail("cannot map " + ref.path);
+    return byte_buffer::adopt_mapping(static_cast<char*>(p), ref.size);
+}
+
+void remove_shm_leftovers(const std::string& owner) {
+    std::error_code ec;
+    const std::string head = std::string(shm_prefix) + owner + "-";
+    for (auto& e : std::filesystem::directory_iterator(shm_dir, ec)) {
+        const std::string name = e.path().filename().string();
+        if (name.compare(0, head.size(), head) == 0) std::filesystem::remove(e.path(), ec);
+    }
+}
+
+}  // namespace pcluster::protocol
+
+namespace pcluster::protocol {
+bool has_shm_leftovers(const std::string& owner) {
+    std::error_code ec;
+    const std::string head = std::string(shm_prefix) + owner + "-";
+    for (auto& e : std::filesystem::directory_iterator(shm_dir, ec))
+        if (e.path().filename().string().compare(0, head.size(), head) == 0) return true;
+    return false;
+}
+}  // namespace pcluster::protocol
