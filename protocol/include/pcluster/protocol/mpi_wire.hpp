@@ -148,8 +148,10 @@ inline bool test_all(std::vector<MPI_Request>& reqs) {
 //   sleep:  nanosleep, doubling from 1 us up to max_sleep_ns (~1% of a core when idle).
 class backoff {
 public:
-    explicit backoff(std::int64_t spin_ns = 50'000, std::int64_t yield_ns = 2'000'000,
-                     std::int64_t busy_yield_ns = 1'000'000'000, std::int64_t max_sleep_ns = 1'000'000)
+    explicit backoff(std::int64_t spin_ns = env_ns("PCLUSTER_SPIN_NS", 50'000),
+                     std::int64_t yield_ns = env_ns("PCLUSTER_YIELD_NS", 2'000'000),
+                     std::int64_t busy_yield_ns = 1'000'000'000,
+                     std::int64_t max_sleep_ns = env_ns("PCLUSTER_MAX_SLEEP_NS", 1'000'000))
         : spin_ns_(spin_ns), yield_ns_(yield_ns), busy_yield_ns_(busy_yield_ns), max_sleep_ns_(max_sleep_ns) {
         // The default 50 us timer slack would turn every short sleep into 50+ us.
         prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
@@ -176,6 +178,11 @@ public:
         if (s == 0) return;
         timespec ts{static_cast<time_t>(s / 1'000'000'000), static_cast<long>(s % 1'000'000'000)};
         nanosleep(&ts, nullptr);
+    }
+    // Tuning knobs for experiments (documented in docs/architecture.md).
+    static std::int64_t env_ns(const char* name, std::int64_t fallback) {
+        const char* v = std::getenv(name);
+        return v && *v ? std::atoll(v) : fallback;
     }
     static std::int64_t now_ns() {
         timespec ts;
