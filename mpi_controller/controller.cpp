@@ -71,16 +71,18 @@ public:
     explicit controller(MPI_Comm world) {
         wire::check(MPI_Comm_dup(world, &bcomm_), "MPI_Comm_dup");
         wire::check(MPI_Comm_dup(world, &p2p_), "MPI_Comm_dup");
+        wire::check(MPI_Comm_dup(world, &reply_), "MPI_Comm_dup");
         int size;
         MPI_Comm_size(world, &size);
         n_ = size - 1;
         p2p_sent_.assign(n_, 0);
-        p_pending_.resize(n_);
+        pending_.resize(n_);
         shm_owner_ = "s" + std::to_string(getpid());
     }
     ~controller() {
         MPI_Comm_free(&bcomm_);
         MPI_Comm_free(&p2p_);
+        MPI_Comm_free(&reply_);
     }
 
     // The bridge's socket, or -1 when the bridge failed to start (the job then stops at once).
@@ -101,15 +103,15 @@ public:
             progress |= read_bridge();
             progress |= issue();
             progress |= poll_mpi();
-            progress |= probe_p_replies();
+            progress |= probe_replies();
             flush_bridge();
-            if (finish_when_drained_ && inflight_.empty() && b_inflight_.empty() && queue_.empty()) finished_ = true;
+            if (shutdown_issued_ && shutdown_replies_left_ == 0 && inflight_.empty() && queue_.empty()) finished_ = true;
             if (progress) {
                 idle.reset();
                 continue;
             }
             // While transfers are under way keep polling (yielding): they only advance when we do.
-            const std::int64_t s = idle.next_sleep(!inflight_.empty() || !b_inflight_.empty());
+            const std::int64_t s = idle.next_sleep(!inflight_.empty());
             if (s == 0) continue;
             // Sleep in ppoll so a request from the bridge wakes us at once.
             pollfd p{bridge_fd_, static_cast<short>(POLLIN | (writer_.empty() ? 0 : POLLOUT)), 0};
@@ -267,7 +269,7 @@ private:
         wire::isend_bytes(bytes->data(), bytes->size(), e + 1, wire::tag_p_data, p2p_, fl.reqs);
         fl.then = [head, bytes] {};
         ++p2p_sent_[e];
-        p_pending_[e].push_back({o.r.id, (o.r.flags & proto::reply_by_shm) != 0});
+        pending_[e].push_back(pending_of(o));
         inflight_.push_back(std::move(fl));
     }
 
@@ -304,7 +306,6 @@ private:
 
         if (blob_len <= wire::inline_request)
             std::memcpy(env->data() + wire::envelope_inline_offset(n_), bytes->data(), blob_len);
-        auto slots_in = std::make_shared<proto::byte_buffer>(wire::reply_slot * (n_ + 1));
         inflight fl;
         wire::ibcast_bytes(env->data(), env->size(), bcomm_, fl.reqs);
         if (blob_len > wire::inline_request) wire::ibcast_bytes(bytes->data(), blob_len, bcomm_, fl.reqs);
@@ -326,81 +327,60 @@ private:
                     wire::isend_bytes(bytes->data() + part_off[e], part_len[e], e + 1, wire::tag_part, bcomm_, fl.reqs);
             }
         }
-        MPI_Request r;
-        wire::check(MPI_Igather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, slots_in->data(), static_cast<int>(wire::reply_slot),
-                                MPI_BYTE, 0, bcomm_, &r),
-                    "MPI_Igather");
-        fl.reqs.push_back(r);
-        const bool internal = o.internal, shutdown = o.shutdown, shm = (o.r.flags & proto::reply_by_shm) != 0;
-        const std::uint64_t id = o.r.id;
-        fl.then = [this, env, bytes, slots_in, id, shm, internal, shutdown] {
-            collect_replies(slots_in, id, shm, internal, shutdown);
-        };
-        b_inflight_.push_back(std::move(fl));
-        // The channel is free for the next B request as soon as this one's collectives are posted:
-        // every rank posts them in the same order.
-    }
-
-    // Second half of a B request: small replies came inline in their slots; large ones follow
-    // point to point from their engines.
-    void collect_replies(std::shared_ptr<proto::byte_buffer> slots_in, std::uint64_t id, bool shm, bool internal,
-                         bool shutdown) {
-        for (int i = 1; i <= n_; ++i) {
-            const char* slot = slots_in->data() + wire::reply_slot * i;
-            std::uint64_t len;
-            std::memcpy(&len, slot, 8);
-            if (len == 0) continue;
-            if (len <= wire::inline_reply) {
-                if (internal) continue;
-                proto::outgoing_frame of;
-                of.bufs.emplace_back(slot + 8, len);
-                of.keepalive = slots_in;
-                writer_.push(std::move(of));
-            } else {
-                receive_reply(i, wire::tag_reply_b, bcomm_, len, id, shm, internal, inflight_);
-            }
+        for (int e : o.targets) pending_[e].push_back(pending_of(o));
+        if (o.shutdown) {
+            shutdown_issued_ = true;
+            shutdown_replies_left_ = static_cast<int>(o.targets.size());
         }
-        // Finish once every large reply is in as well.
-        if (shutdown) finish_when_drained_ = true;
+        fl.then = [env, bytes] {};
+        inflight_.push_back(std::move(fl));
     }
 
-    // Receives a reply of `len` bytes from `src` and passes it on: into shared memory when the
-    // client shares our host and the reply is large (the client maps it; no socket copies).
-    void receive_reply(int src, int tag, MPI_Comm comm, std::uint64_t len, std::uint64_t id, bool shm, bool internal,
-                       std::list<inflight>& where) {
-        inflight fl;
-        if (shm && !internal && len >= proto::shm_threshold) {
+    // What the controller must remember about a request until each target's reply is in.
+    struct pending {
+        std::uint64_t id;
+        bool shm;
+        bool internal;
+        bool shutdown;
+    };
+    static pending pending_of(const op& o) {
+        return {o.r.id, (o.r.flags & proto::reply_by_shm) != 0, o.internal, o.shutdown};
+    }
+
+    // Where a reply of `len` bytes goes, and what to do once it is there: into shared memory when
+    // the client shares our host and the reply is large (the client maps it: no socket copies),
+    // else into memory and on to the bridge. Internal requests' replies are dropped.
+    std::pair<char*, std::function<void()>> reply_destination(std::uint64_t len, const pending& p) {
+        if (p.shm && !p.internal && len >= proto::shm_threshold) {
             try {
                 auto out = std::make_shared<proto::shm_out>(proto::create_shm(shm_owner_, len));
-                wire::irecv_bytes(out->map->data(), len, src, tag, comm, fl.reqs);
-                fl.then = [this, out, id, len] {
-                    out->map.reset();
-                    writer_.push(proto::encode(proto::shm_frame{id, out->path, len}));
-                };
-                where.push_back(std::move(fl));
-                return;
+                const std::uint64_t id = p.id;
+                return {out->map->data(), [this, out, id, len] {
+                            out->map.reset();
+                            writer_.push(proto::encode(proto::shm_frame{id, out->path, len, false}));
+                        }};
             } catch (const std::system_error& e) {
                 spdlog::warn("shared memory unavailable ({}); the reply goes through the bridge", e.what());
             }
         }
-        auto big = std::make_shared<proto::byte_buffer>(len);
-        wire::irecv_bytes(big->data(), len, src, tag, comm, fl.reqs);
-        fl.then = [this, big, internal] {
-            if (!internal) writer_.push_raw(big);
-        };
-        where.push_back(std::move(fl));
+        auto big = std::make_shared<proto::byte_buffer>(std::max<std::uint64_t>(len, 1));
+        const bool internal = p.internal;
+        return {big->data(), [this, big, internal] {
+                    if (!internal) writer_.push_raw(big);
+                }};
+    }
+
+    // A reply too large for one MPI message: its chunks follow on the p2p communicator.
+    void receive_reply(int src, std::uint64_t len, const pending& p) {
+        auto [dest, then] = reply_destination(len, p);
+        inflight fl;
+        wire::irecv_bytes(dest, len, src, wire::tag_reply, p2p_, fl.reqs);
+        fl.then = std::move(then);
+        inflight_.push_back(std::move(fl));
     }
 
     bool poll_mpi() {
         bool any = false;
-        // B requests complete strictly in issue order: their large replies are matched by
-        // (source, tag) order, so the receives must be posted in that order too.
-        while (!b_inflight_.empty() && wire::test_all(b_inflight_.front().reqs)) {
-            auto then = std::move(b_inflight_.front().then);
-            b_inflight_.pop_front();
-            then();
-            any = true;
-        }
         for (auto it = inflight_.begin(); it != inflight_.end();) {
             if (wire::test_all(it->reqs)) {
                 auto then = std::move(it->then);
@@ -414,21 +394,36 @@ private:
         return any;
     }
 
-    bool probe_p_replies() {
+    // Replies come point to point from each engine in the order it ran its requests, which is
+    // the order they were issued to it: pending_[engine] says whose reply each one is.
+    bool probe_replies() {
         bool any = false;
         for (;;) {
             int flag = 0;
+            MPI_Message msg;
             MPI_Status st;
-            wire::check(MPI_Iprobe(MPI_ANY_SOURCE, wire::tag_reply_head, p2p_, &flag, &st), "MPI_Iprobe");
+            wire::check(MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, reply_, &flag, &msg, &st), "MPI_Improbe");
             if (!flag) return any;
-            std::uint64_t len = 0;
-            wire::check(MPI_Recv(&len, 1, MPI_UINT64_T, st.MPI_SOURCE, wire::tag_reply_head, p2p_, MPI_STATUS_IGNORE),
-                        "MPI_Recv");
-            auto& q = p_pending_[st.MPI_SOURCE - 1];
-            const pending p = q.empty() ? pending{0, false} : q.front();
-            if (!q.empty()) q.pop_front();
-            receive_reply(st.MPI_SOURCE, wire::tag_reply, p2p_, len, p.id, p.shm, false, inflight_);
             any = true;
+            auto& q = pending_[st.MPI_SOURCE - 1];
+            const pending p = q.empty() ? pending{0, false, true, false} : q.front();
+            if (!q.empty()) q.pop_front();
+            if (p.shutdown) --shutdown_replies_left_;
+            if (st.MPI_TAG == wire::tag_reply_head) {
+                std::uint64_t len = 0;
+                wire::check(MPI_Mrecv(&len, 1, MPI_UINT64_T, &msg, MPI_STATUS_IGNORE), "MPI_Mrecv");
+                receive_reply(st.MPI_SOURCE, len, p);
+                continue;
+            }
+            int count = 0;
+            MPI_Get_count(&st, MPI_BYTE, &count);
+            auto [dest, then] = reply_destination(static_cast<std::uint64_t>(count), p);
+            inflight fl;
+            MPI_Request r;
+            wire::check(MPI_Imrecv(dest, count, MPI_BYTE, &msg, &r), "MPI_Imrecv");
+            fl.reqs.push_back(r);
+            fl.then = std::move(then);
+            inflight_.push_back(std::move(fl));
         }
     }
 
@@ -445,22 +440,18 @@ private:
         }
     }
 
-    MPI_Comm bcomm_, p2p_;
+    MPI_Comm bcomm_, p2p_, reply_;
     int n_;
     int bridge_fd_ = -1;
     proto::frame_reader reader_;
     proto::frame_writer writer_;
     std::deque<op> queue_;
     std::list<inflight> inflight_;
-    std::deque<inflight> b_inflight_;
-    bool finish_when_drained_ = false;
+    bool shutdown_issued_ = false;
+    int shutdown_replies_left_ = 0;
     std::vector<std::uint64_t> p2p_sent_;
-    // Per engine, the P requests awaiting replies, in order (replies come back in that order).
-    struct pending {
-        std::uint64_t id;
-        bool shm;
-    };
-    std::vector<std::deque<pending>> p_pending_;
+    // Per engine, the requests awaiting its reply, in issue order.
+    std::vector<std::deque<pending>> pending_;
     std::string shm_owner_;
     std::uint64_t bcast_sent_ = 0;
     bool stopping_ = false;

@@ -65,11 +65,13 @@ public:
     engine(MPI_Comm world, int id, int n, py::module_ kernel) : id_(id), n_(n), kernel_(std::move(kernel)) {
         wire::check(MPI_Comm_dup(world, &bcomm_), "MPI_Comm_dup");
         wire::check(MPI_Comm_dup(world, &p2p_), "MPI_Comm_dup");
+        wire::check(MPI_Comm_dup(world, &reply_), "MPI_Comm_dup");
         env_.resize(wire::envelope_size(n_));
     }
     ~engine() {
         MPI_Comm_free(&bcomm_);
         MPI_Comm_free(&p2p_);
+        MPI_Comm_free(&reply_);
     }
 
     void run() {
@@ -154,22 +156,17 @@ private:
             }
         }
         wait(reqs);
-        std::shared_ptr<proto::byte_buffer> reply;
+        if (!s.targeted) return;
         std::uint64_t len = 0;
-        if (s.targeted) {
-            reply = handle(blob, part ? py::object(*part) : py::none(), &len);
-            check_shutdown(blob);
-        }
-        // Reply slot: the length, then the reply itself when it fits; else it follows p2p.
-        std::vector<char> slot_out(wire::reply_slot, 0);
-        std::memcpy(slot_out.data(), &len, 8);
-        if (len > 0 && len <= wire::inline_reply) std::memcpy(slot_out.data() + 8, reply->data(), len);
-        MPI_Request r;
-        wire::check(MPI_Igather(slot_out.data(), static_cast<int>(wire::reply_slot), MPI_BYTE, nullptr, 0, MPI_BYTE, 0,
-                                bcomm_, &r),
-                    "MPI_Igather");
-        reqs.push_back(r);
-        if (len > wire::inline_reply) wire::isend_bytes(reply->data(), len, 0, wire::tag_reply_b, bcomm_, reqs);
+        auto reply = handle(blob, part ? py::object(*part) : py::none(), &len);
+        check_shutdown(blob);
+        reply_to_controller(*reply, len);
+    }
+
+    void reply_to_controller(const proto::byte_buffer& reply, std::uint64_t len) {
+        std::vector<MPI_Request> reqs;
+        std::uint64_t len_storage = 0;
+        wire::send_reply(reply.data(), len, reply_, p2p_, reqs, &len_storage);
         wait(reqs);
     }
 
@@ -180,9 +177,7 @@ private:
         wait(reqs);
         std::uint64_t len = 0;
         auto reply = handle(frame, py::none(), &len);
-        wire::isend_bytes(&len, sizeof len, 0, wire::tag_reply_head, p2p_, reqs);
-        wire::isend_bytes(reply->data(), len, 0, wire::tag_reply, p2p_, reqs);
-        wait(reqs);
+        reply_to_controller(*reply, len);
     }
 
     void check_shutdown(const py::bytearray& blob) {
@@ -238,7 +233,7 @@ private:
 
     int id_, n_;
     py::module_ kernel_;
-    MPI_Comm bcomm_, p2p_;
+    MPI_Comm bcomm_, p2p_, reply_;
     std::vector<char> env_;
     MPI_Request b_req_ = MPI_REQUEST_NULL, p_req_ = MPI_REQUEST_NULL;
     wire::p_head phead_{};

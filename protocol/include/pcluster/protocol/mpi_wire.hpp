@@ -5,16 +5,19 @@
 //   B (collective, communicator `bcast_comm`, root 0): requests for several engines. Per request
 //     every engine takes part in, in this order: Ibcast(envelope, with the request inline when it
 //     is small), [Ibcast(blob: the request frame up to its parts) when it is not],
-//     [Iscatterv(parts) | point-to-point parts when they exceed int counts],
-//     Igather(reply slot: length + the reply inline when small). A reply too large for its slot
-//     follows point to point (tag_reply_b), as a linear Gatherv would move it. Non-targets take
-//     part with empty contributions.
+//     [Iscatterv(parts) | point-to-point parts when they exceed int counts].
+//     Non-targets take part with empty contributions.
 //   P (point-to-point, communicator `p2p_comm`): requests for one engine. tag_p_head carries
-//     {bcast_before, frame_len}, tag_p_data the frame (in chunks of at most 1 GiB), tag_reply_head
-//     the reply's length and tag_reply the reply (same chunking).
-// Order across the two channels: the envelope says, per engine, how many P requests were issued
-// to it before; a P head says how many B requests were issued before. An engine runs whichever
-// pending request has all its predecessors done, which replays the controller's issue order.
+//     {bcast_before, frame_len}, tag_p_data the frame (in chunks of at most 1 GiB).
+// Replies, from either channel, go point to point to rank 0 on `reply_comm` as soon as each
+// engine has one: a whole frame (tag_reply_one), or for frames over INT_MAX bytes a length
+// (tag_reply_head) followed by chunks on `p2p_comm` (tag_reply). Rank 0 probes with ANY_TAG, so
+// each engine's replies arrive in the order it sent them (MPI's non-overtaking rule); no gather
+// tree holds a fast engine's reply back until the slowest one is done.
+// Order across the two request channels: the envelope says, per engine, how many P requests
+// were issued to it before; a P head says how many B requests were issued before. An engine
+// runs whichever pending request has all its predecessors done, which replays the controller's
+// issue order.
 #pragma once
 
 #include <mpi.h>
@@ -36,16 +39,13 @@ namespace pcluster::mpi_wire {
 
 inline constexpr int tag_p_head = 1;
 inline constexpr int tag_p_data = 2;
-inline constexpr int tag_reply_head = 3;
-inline constexpr int tag_reply = 4;
+inline constexpr int tag_reply_one = 3;   // reply_comm: a whole reply frame
+inline constexpr int tag_reply_head = 4;  // reply_comm: u64 length of a reply too large for one message
+inline constexpr int tag_reply = 7;       // p2p_comm: that reply's chunks
 inline constexpr int tag_part = 5;     // B-channel parts too large for Iscatterv's int counts
-inline constexpr int tag_reply_b = 6;  // B-channel replies too large for their slot
 inline constexpr std::uint64_t chunk = std::uint64_t{1} << 30;
-// Small requests ride inside the envelope and small replies inside their gather slot, so a
-// small all-engine request costs two collectives: one broadcast, one gather.
+// Small requests ride inside the envelope: a small all-engine request is one broadcast.
 inline constexpr std::size_t inline_request = 4096;
-inline constexpr std::size_t reply_slot = 1024;
-inline constexpr std::size_t inline_reply = reply_slot - 8;
 
 struct mpi_error : std::runtime_error {
     using std::runtime_error::runtime_error;
@@ -140,26 +140,31 @@ inline bool test_all(std::vector<MPI_Request>& reqs) {
 
 // Idling without burning a core. A rank blocked in MPI_Wait busy-polls a whole core (Open MPI
 // has no interrupt-driven shared-memory wait); on an oversubscribed node those spinning ranks
-// starve the ones doing work. Three phases after the last progress:
-//   spin    (spin_ns): poll flat out - round trips stay in the microseconds;
-//   yield   (until yield_ns, or busy_yield_ns while a transfer is under way): poll, but
-//           sched_yield() between polls so runnable ranks get the core; nonblocking transfers
-//           only advance while both sides poll, so this keeps large messages at full speed;
-//   sleep:  nanosleep, doubling from 1 us up to max_sleep_ns (~1% of a core when idle).
+// starve the ones doing work. Phases after the last progress:
+//   spin   (spin_ns): poll flat out - round trips stay in the microseconds;
+//   yield  (until yield_ns, or busy_yield_ns while a transfer of ours is under way): poll with
+//          sched_yield() between polls so runnable ranks get the core; non-blocking transfers
+//          only advance while both sides poll, so this keeps large messages at full speed;
+//   nap    (until doze_ns): short fixed sleeps (nap_ns) - a burst of requests is still served
+//          within tens of microseconds, and a napping rank leaves the cores to working ones;
+//   doze:  sleeps doubling up to max_sleep_ns (~1% of a core when idle).
+// Every knob can be set from the environment (PCLUSTER_SPIN_NS, ...) for tuning experiments.
 class backoff {
 public:
-    explicit backoff(std::int64_t spin_ns = env_ns("PCLUSTER_SPIN_NS", 50'000),
-                     std::int64_t yield_ns = env_ns("PCLUSTER_YIELD_NS", 2'000'000),
-                     std::int64_t busy_yield_ns = 1'000'000'000,
-                     std::int64_t max_sleep_ns = env_ns("PCLUSTER_MAX_SLEEP_NS", 1'000'000))
-        : spin_ns_(spin_ns), yield_ns_(yield_ns), busy_yield_ns_(busy_yield_ns), max_sleep_ns_(max_sleep_ns) {
+    backoff()
+        : spin_ns_(env_ns("PCLUSTER_SPIN_NS", 50'000)),
+          yield_ns_(env_ns("PCLUSTER_YIELD_NS", 2'000'000)),
+          busy_yield_ns_(env_ns("PCLUSTER_BUSY_YIELD_NS", 1'000'000'000)),
+          nap_ns_(env_ns("PCLUSTER_NAP_NS", 20'000)),
+          doze_ns_(env_ns("PCLUSTER_DOZE_NS", 5'000'000)),
+          max_sleep_ns_(env_ns("PCLUSTER_MAX_SLEEP_NS", 1'000'000)) {
         // The default 50 us timer slack would turn every short sleep into 50+ us.
         prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
         reset();
     }
     void reset() {
         idle_since_ = now_ns();
-        sleep_ns_ = 1000;
+        sleep_ns_ = nap_ns_;
     }
     // How long the caller should sleep now; 0: poll again at once.
     std::int64_t next_sleep(bool busy = false) {
@@ -169,6 +174,7 @@ public:
             sched_yield();
             return 0;
         }
+        if (idle < doze_ns_) return nap_ns_;
         const std::int64_t s = sleep_ns_;
         sleep_ns_ = std::min(sleep_ns_ * 2, max_sleep_ns_);
         return s;
@@ -179,7 +185,6 @@ public:
         timespec ts{static_cast<time_t>(s / 1'000'000'000), static_cast<long>(s % 1'000'000'000)};
         nanosleep(&ts, nullptr);
     }
-    // Tuning knobs for experiments (documented in docs/architecture.md).
     static std::int64_t env_ns(const char* name, std::int64_t fallback) {
         const char* v = std::getenv(name);
         return v && *v ? std::atoll(v) : fallback;
@@ -191,8 +196,24 @@ public:
     }
 
 private:
-    std::int64_t spin_ns_, yield_ns_, busy_yield_ns_, max_sleep_ns_, idle_since_ = 0, sleep_ns_ = 1000;
+    std::int64_t spin_ns_, yield_ns_, busy_yield_ns_, nap_ns_, doze_ns_, max_sleep_ns_;
+    std::int64_t idle_since_ = 0, sleep_ns_ = 0;
 };
+
+// Sends a reply frame to rank 0 (see the channel notes above); appends the requests to wait on.
+inline void send_reply(const char* data, std::uint64_t len, MPI_Comm reply_comm, MPI_Comm p2p_comm,
+                       std::vector<MPI_Request>& reqs, std::uint64_t* len_storage) {
+    MPI_Request r;
+    if (len <= static_cast<std::uint64_t>(INT_MAX)) {
+        check(MPI_Isend(data, static_cast<int>(len), MPI_BYTE, 0, tag_reply_one, reply_comm, &r), "MPI_Isend");
+        reqs.push_back(r);
+        return;
+    }
+    *len_storage = len;
+    check(MPI_Isend(len_storage, 1, MPI_UINT64_T, 0, tag_reply_head, reply_comm, &r), "MPI_Isend");
+    reqs.push_back(r);
+    isend_bytes(data, len, 0, tag_reply, p2p_comm, reqs);
+}
 
 // Large transfers land in fresh memory, and on a VM a fresh page costs more than copying into
 // it (here: ~60 ms to fault in 100 MiB, 8 ms to copy it). Keep freed memory in the process's
