@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <memory>
 
 #include <arpa/inet.h>
@@ -93,6 +94,11 @@ struct client {
     proto::clock::time_point login_deadline;
     bool closing = false;       // close once the writer drains (after a refusal)
     std::string peer;
+    // Shared-memory segments this client named; unlinked when it goes, so a client that dies
+    // (no close()) leaves nothing in /dev/shm.
+    std::set<std::string> shm_paths;
+    // Reply segments the controller lent this client; unlinked if it goes without returning them.
+    std::set<std::string> lent_paths;
 };
 
 class bridge {
@@ -141,6 +147,7 @@ public:
                 while (!c.writer.flush(fd) && proto::clock::now() < deadline) usleep(1000);
             } catch (...) {
             }
+            for (const auto& p : c.shm_paths) ::unlink(p.c_str());
             ::close(fd);
         }
         clients_.clear();
@@ -190,6 +197,14 @@ private:
     void drop(client& c, const std::string& why) {
         if (!why.empty()) spdlog::warn("closing connection from {}: {}", c.peer, why);
         const int fd = c.fd;
+        for (const auto& p : c.shm_paths) ::unlink(p.c_str());
+        if (!c.lent_paths.empty()) {
+            // Its segments go back to the controller for reuse, as if it had returned them.
+            proto::shm_return ret;
+            ret.paths.assign(c.lent_paths.begin(), c.lent_paths.end());
+            ctl_writer_.push(proto::encode(ret));
+            flush_controller();
+        }
         epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
         ::close(fd);
         clients_.erase(fd);
@@ -246,6 +261,14 @@ private:
 
     void forward(client& c, proto::received_frame f) {
         auto v = f.view();
+        if (v.type() == static_cast<std::uint16_t>(proto::message_type::shm_return)) {
+            auto ret = proto::decode<proto::shm_return>(v);
+            for (const auto& p : ret.paths)
+                if (!c.lent_paths.erase(p)) throw proto::frame_error("returned segment " + p + " was not lent to it");
+            ctl_writer_.push_raw(std::move(f.bytes));
+            flush_controller();
+            return;
+        }
         std::uint64_t id;
         if (v.type() == static_cast<std::uint16_t>(proto::message_type::shm_frame)) {
             // The controller maps and checks the file itself; the bridge never touches user data.
@@ -253,6 +276,7 @@ private:
             if (!proto::valid_shm_path(ref.path) || ref.size > max_frame_)
                 throw proto::frame_error("shared-memory frame " + ref.path + " refused");
             id = ref.id;
+            if (ref.keep) c.shm_paths.insert(ref.path);
         } else {
             id = proto::decode_route(v).id;  // also checks the whole meta is well formed
         }
@@ -282,7 +306,7 @@ private:
                 if (v.type() == static_cast<std::uint16_t>(proto::message_type::shm_frame)) {
                     auto ref = proto::decode<proto::shm_frame>(v);
                     id = ref.id;
-                    shm_path = ref.path;
+                    if (proto::valid_shm_path(ref.path)) shm_path = ref.path;
                 } else {
                     id = proto::decode<proto::engine_reply>(v).id;
                 }
@@ -294,9 +318,10 @@ private:
             auto it = std::find_if(clients_.begin(), clients_.end(), [&](auto& kv) { return kv.second.no == no; });
             if (it == clients_.end()) {
                 spdlog::debug("reply {:#x} for a client that has left; dropped", id);
-                if (!shm_path.empty() && proto::valid_shm_path(shm_path)) ::unlink(shm_path.c_str());
+                if (!shm_path.empty()) ::unlink(shm_path.c_str());
                 continue;
             }
+            if (!shm_path.empty()) it->second.lent_paths.insert(shm_path);
             it->second.writer.push_raw(std::move(f.bytes));
             flush_client(it->second);
         }
@@ -306,7 +331,7 @@ private:
     void flush_controller() {
         try {
             const bool done = ctl_writer_.flush(ctl_fd_);
-            mod(ctl_fd_, EPOLLIN | (done ? 0 : EPOLLOUT));
+            mod(ctl_fd_, EPOLLIN | (done ? 0u : static_cast<std::uint32_t>(EPOLLOUT)));
         } catch (const std::exception& e) {
             spdlog::error("writing to the controller failed: {}", e.what());
             terminate_requested = 1;
@@ -317,7 +342,7 @@ private:
         try {
             const bool done = c.writer.flush(c.fd);
             if (done && c.closing) return drop(c, "");
-            mod(c.fd, EPOLLIN | (done ? 0 : EPOLLOUT));
+            mod(c.fd, EPOLLIN | (done ? 0u : static_cast<std::uint32_t>(EPOLLOUT)));
         } catch (const std::exception& e) {
             drop(c, e.what());
         }
@@ -438,6 +463,7 @@ int main(int argc, char** argv) {
         b.farewell(reason);
         // Shared-memory replies the controller made that no client took (a client died first).
         // Clients read a reply before the farewell that follows it; give them a moment anyway.
+        proto::remove_dead_client_segments();
         const std::string owner = "s" + std::to_string(controller_pid);
         if (proto::has_shm_leftovers(owner)) {
             usleep(500'000);

@@ -15,6 +15,7 @@
 #include <list>
 #include <memory>
 #include <optional>
+#include <map>
 #include <set>
 #include <stdexcept>
 #include <system_error>
@@ -126,6 +127,9 @@ public:
             } catch (const std::exception& e) {
                 spdlog::warn("could not pass the last replies to the bridge: {}", e.what());
             }
+            for (auto& s : pool_) ::unlink(s.path.c_str());
+            pool_.clear();
+            lent_.clear();  // clients map theirs; the bridge removes what is left at the end
             // Closing our end is what tells the bridge the job is over.
             ::close(bridge_fd_);
             bridge_fd_ = -1;
@@ -187,6 +191,14 @@ private:
 
     // Validates a request from the bridge and queues it, or answers it with an error at once.
     void accept(proto::received_frame f) {
+        if (f.view().type() == static_cast<std::uint16_t>(proto::message_type::shm_return)) {
+            try {
+                take_back(proto::decode<proto::shm_return>(f.view()));
+            } catch (const std::exception& e) {
+                spdlog::warn("bad shm_return: {}", e.what());
+            }
+            return;
+        }
         op o;
         try {
             if (f.view().type() == static_cast<std::uint16_t>(proto::message_type::shm_frame)) {
@@ -353,11 +365,13 @@ private:
     std::pair<char*, std::function<void()>> reply_destination(std::uint64_t len, const pending& p) {
         if (p.shm && !p.internal && len >= proto::shm_threshold) {
             try {
-                auto out = std::make_shared<proto::shm_out>(proto::create_shm(shm_owner_, len));
+                auto seg = std::make_shared<proto::shm_out>(reply_segment(len));
                 const std::uint64_t id = p.id;
-                return {out->map->data(), [this, out, id, len] {
-                            out->map.reset();
-                            writer_.push(proto::encode(proto::shm_frame{id, out->path, len, false}));
+                return {seg->map->data(), [this, seg, id, len] {
+                            // Lent to the client until it hands it back (shm_return). We keep our
+                            // mapping: the pages are shared, and taking it back costs nothing.
+                            lent_.emplace(seg->path, *seg);
+                            writer_.push(proto::encode(proto::shm_frame{id, seg->path, len, true}));
                         }};
             } catch (const std::system_error& e) {
                 spdlog::warn("shared memory unavailable ({}); the reply goes through the bridge", e.what());
@@ -370,11 +384,51 @@ private:
                 }};
     }
 
-    // A reply too large for one MPI message: its chunks follow on the p2p communicator.
-    void receive_reply(int src, std::uint64_t len, const pending& p) {
+    // A segment for a reply of `len` bytes: a returned one that fits (warm pages: no faults, no
+    // zeroing), else a new one.
+    proto::shm_out reply_segment(std::uint64_t len) {
+        auto best = pool_.end();
+        for (auto it = pool_.begin(); it != pool_.end(); ++it)
+            if (it->map->size() >= len && it->map->size() <= 2 * len + (std::uint64_t{1} << 20) &&
+                (best == pool_.end() || it->map->size() < best->map->size()))
+                best = it;
+        if (best != pool_.end()) {
+            proto::shm_out s = std::move(*best);
+            pool_.erase(best);
+            return s;
+        }
+        constexpr std::uint64_t mib = std::uint64_t{1} << 20;
+        return proto::create_shm(shm_owner_, (len + mib - 1) / mib * mib);
+    }
+
+    // Segments the client no longer uses come back into the pool, which keeps at most 8 of
+    // them and 4 GiB; beyond that the oldest are removed.
+    void take_back(const proto::shm_return& ret) {
+        for (const auto& path : ret.paths) {
+            auto it = lent_.find(path);
+            if (it == lent_.end()) continue;
+            pool_.push_back(std::move(it->second));
+            lent_.erase(it);
+        }
+        std::uint64_t total = 0;
+        for (auto& s : pool_) total += s.map->size();
+        while (!pool_.empty() && (pool_.size() > 8 || total > (std::uint64_t{4} << 30))) {
+            total -= pool_.front().map->size();
+            ::unlink(pool_.front().path.c_str());
+            pool_.erase(pool_.begin());
+        }
+    }
+
+    // A large reply: its pieces follow on the p2p communicator, each received straight into place.
+    void receive_reply(int src, const std::vector<std::uint64_t>& lens, const pending& p) {
+        std::uint64_t len = 0;
+        for (auto l : lens) len += l;
         auto [dest, then] = reply_destination(len, p);
         inflight fl;
-        wire::irecv_bytes(dest, len, src, wire::tag_reply, p2p_, fl.reqs);
+        for (auto l : lens) {
+            wire::irecv_bytes(dest, l, src, wire::tag_reply, p2p_, fl.reqs);
+            dest += l;
+        }
         fl.then = std::move(then);
         inflight_.push_back(std::move(fl));
     }
@@ -409,10 +463,12 @@ private:
             const pending p = q.empty() ? pending{0, false, true, false} : q.front();
             if (!q.empty()) q.pop_front();
             if (p.shutdown) --shutdown_replies_left_;
-            if (st.MPI_TAG == wire::tag_reply_head) {
-                std::uint64_t len = 0;
-                wire::check(MPI_Mrecv(&len, 1, MPI_UINT64_T, &msg, MPI_STATUS_IGNORE), "MPI_Mrecv");
-                receive_reply(st.MPI_SOURCE, len, p);
+            if (st.MPI_TAG == wire::tag_reply_parts) {
+                int n = 0;
+                MPI_Get_count(&st, MPI_UINT64_T, &n);
+                std::vector<std::uint64_t> lens(static_cast<std::size_t>(n));
+                wire::check(MPI_Mrecv(lens.data(), n, MPI_UINT64_T, &msg, MPI_STATUS_IGNORE), "MPI_Mrecv");
+                receive_reply(st.MPI_SOURCE, lens, p);
                 continue;
             }
             int count = 0;
@@ -453,6 +509,8 @@ private:
     // Per engine, the requests awaiting its reply, in issue order.
     std::vector<std::deque<pending>> pending_;
     std::string shm_owner_;
+    std::vector<proto::shm_out> pool_;   // reply segments ready for reuse (mapped)
+    std::map<std::string, proto::shm_out> lent_;  // reply segments a client holds
     std::uint64_t bcast_sent_ = 0;
     bool stopping_ = false;
     bool finished_ = false;

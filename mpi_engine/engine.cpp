@@ -62,6 +62,17 @@ char* data_of(const py::bytearray& b) { return PyByteArray_AsString(b.ptr()); }
 
 class engine {
 public:
+    // A reply frame as the kernel left it: head, pickle stream, out-of-band buffers, still owned
+    // by their Python objects (so a large result is sent from where it lies, not copied).
+    // Destroy with the GIL held.
+    struct reply_parts {
+        py::list keep;
+        std::vector<py::buffer_info> infos;
+        std::vector<char> own;
+        std::vector<std::span<const char>> spans;
+    };
+
+
     engine(MPI_Comm world, int id, int n, py::module_ kernel) : id_(id), n_(n), kernel_(std::move(kernel)) {
         wire::check(MPI_Comm_dup(world, &bcomm_), "MPI_Comm_dup");
         wire::check(MPI_Comm_dup(world, &p2p_), "MPI_Comm_dup");
@@ -157,16 +168,16 @@ private:
         }
         wait(reqs);
         if (!s.targeted) return;
-        std::uint64_t len = 0;
-        auto reply = handle(blob, part ? py::object(*part) : py::none(), &len);
+        const reply_parts reply = handle(blob, part ? py::object(*part) : py::none());
         check_shutdown(blob);
-        reply_to_controller(*reply, len);
+        reply_to_controller(reply);
     }
 
-    void reply_to_controller(const proto::byte_buffer& reply, std::uint64_t len) {
+    void reply_to_controller(const reply_parts& reply) {
         std::vector<MPI_Request> reqs;
-        std::uint64_t len_storage = 0;
-        wire::send_reply(reply.data(), len, reply_, p2p_, reqs, &len_storage);
+        std::vector<std::uint64_t> lens;
+        std::vector<char> flat;
+        wire::send_reply(reply.spans, reply_, p2p_, reqs, lens, flat);
         wait(reqs);
     }
 
@@ -175,9 +186,8 @@ private:
         std::vector<MPI_Request> reqs;
         wire::irecv_bytes(data_of(frame), phead_.frame_len, 0, wire::tag_p_data, p2p_, reqs);
         wait(reqs);
-        std::uint64_t len = 0;
-        auto reply = handle(frame, py::none(), &len);
-        reply_to_controller(*reply, len);
+        const reply_parts reply = handle(frame, py::none());
+        reply_to_controller(reply);
     }
 
     void check_shutdown(const py::bytearray& blob) {
@@ -188,15 +198,17 @@ private:
 
     // The request boundary: pcluster._kernel.handle catches everything the user's code raises;
     // this catches what escapes the kernel itself, so no request ever kills the engine.
-    // Returns the reply frame (length in *len).
-    std::shared_ptr<proto::byte_buffer> handle(const py::bytearray& frame, py::object part, std::uint64_t* len) {
-        std::vector<py::buffer_info> infos;
-        py::list bufs;
+    reply_parts handle(const py::bytearray& frame, py::object part) {
+        reply_parts out;
         try {
-            bufs = kernel_.attr("handle")(frame, part);
-            for (auto b : bufs) infos.push_back(py::reinterpret_borrow<py::buffer>(b).request());
+            out.keep = kernel_.attr("handle")(frame, part);
+            for (auto b : out.keep) {
+                out.infos.push_back(py::reinterpret_borrow<py::buffer>(b).request());
+                const auto& i = out.infos.back();
+                out.spans.emplace_back(static_cast<const char*>(i.ptr), static_cast<std::size_t>(i.size * i.itemsize));
+            }
+            return out;
         } catch (const std::exception& e) {
-            infos.clear();
             std::uint64_t id = 0;
             try {
                 id = proto::decode_route(proto::frame_view(data_of(frame), PyByteArray_Size(frame.ptr()))).id;
@@ -208,27 +220,11 @@ private:
             rep.status = proto::reply_status::error;
             rep.ename = "EngineInternalError";
             rep.evalue = e.what();
-            auto flat = proto::encode(rep).flatten();
-            return copy_out({{flat.data(), flat.size()}}, len);
+            reply_parts err;
+            err.own = proto::encode(rep).flatten();
+            err.spans.emplace_back(err.own.data(), err.own.size());
+            return err;
         }
-        std::vector<std::span<const char>> spans;
-        for (auto& i : infos) spans.emplace_back(static_cast<const char*>(i.ptr), static_cast<std::size_t>(i.size * i.itemsize));
-        return copy_out(spans, len);
-    }
-
-    // One copy: MPI needs the reply contiguous, and the pickle's out-of-band buffers are not.
-    static std::shared_ptr<proto::byte_buffer> copy_out(const std::vector<std::span<const char>>& spans,
-                                                        std::uint64_t* len) {
-        std::uint64_t n = 0;
-        for (auto& s : spans) n += s.size();
-        auto out = std::make_shared<proto::byte_buffer>(std::max<std::uint64_t>(n, 1));
-        char* p = out->data();
-        for (auto& s : spans) {
-            std::memcpy(p, s.data(), s.size());
-            p += s.size();
-        }
-        *len = n;
-        return out;
     }
 
     int id_, n_;

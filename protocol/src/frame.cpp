@@ -119,6 +119,7 @@ const char* type_name(std::uint16_t type) {
     case message_type::engine_reply: return "engine_reply";
     case message_type::job_ended: return "job_ended";
     case message_type::shm_frame: return "shm_frame";
+    case message_type::shm_return: return "shm_return";
     case message_type::job_info: return "job_info";
     case message_type::bridge_ready: return "bridge_ready";
     }

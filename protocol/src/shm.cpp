@@ -7,7 +7,10 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <signal.h>
 #include <unistd.h>
+
+#include <cstdlib>
 
 #include "pcluster/protocol/auth.hpp"
 
@@ -22,6 +25,7 @@ std::shared_ptr<byte_buffer> byte_buffer::adopt_mapping(char* map, std::size_t n
 
 byte_buffer::~byte_buffer() {
     if (map_) ::munmap(map_, size_ ? size_ : 1);
+    if (on_release_) on_release_();
 }
 
 namespace {
@@ -48,6 +52,22 @@ shm_out create_shm(const std::string& owner, std::uint64_t size) {
     return {path, byte_buffer::adopt_mapping(static_cast<char*>(p), size)};
 }
 
+std::shared_ptr<byte_buffer> reopen_shm(const std::string& path) {
+    if (!valid_shm_path(path)) return nullptr;
+    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return nullptr;
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() || st.st_size <= 0) {
+        ::close(fd);
+        return nullptr;
+    }
+    void* p = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                     fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) return nullptr;
+    return byte_buffer::adopt_mapping(static_cast<char*>(p), static_cast<std::size_t>(st.st_size));
+}
+
 bool valid_shm_path(const std::string& path) {
     const std::string head = std::string(shm_dir) + "/" + shm_prefix;
     if (path.size() <= head.size() || path.size() > 200 || path.compare(0, head.size(), head) != 0) return false;
@@ -68,9 +88,10 @@ std::shared_ptr<byte_buffer> take_shm(const shm_frame& ref) {
         throw frame_error("shared-memory frame " + ref.path + " is not a regular file of at least " +
                           std::to_string(ref.size) + " bytes owned by this user");
     }
-    // Shared, not private: a private writable mapping would copy every page on populate. Without
-    // `keep` the file is unlinked and the pages are ours alone; with it the receiver only reads.
-    void* p = ::mmap(nullptr, ref.size ? ref.size : 1, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    // Shared, not private: a private writable mapping copies every page it writes. Not populated:
+    // the pages exist already, and read faults map them 16 at a time (fault-around), cheaper than
+    // populating the whole mapping for writing - and pages never touched cost nothing.
+    void* p = ::mmap(nullptr, ref.size ? ref.size : 1, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     ::close(fd);
     if (p == MAP_FAILED) fail("cannot map " + ref.path);
     return byte_buffer::adopt_mapping(static_cast<char*>(p), ref.size);
@@ -94,5 +115,22 @@ bool has_shm_leftovers(const std::string& owner) {
     for (auto& e : std::filesystem::directory_iterator(shm_dir, ec))
         if (e.path().filename().string().compare(0, head.size(), head) == 0) return true;
     return false;
+}
+}  // namespace pcluster::protocol
+
+namespace pcluster::protocol {
+std::string client_shm_owner() { return "c" + std::to_string(::getpid()) + "x" + to_hex(random_bytes32()).substr(0, 8); }
+
+void remove_dead_client_segments() {
+    std::error_code ec;
+    const std::string head = std::string(shm_prefix) + "c";
+    for (auto& e : std::filesystem::directory_iterator(shm_dir, ec)) {
+        const std::string name = e.path().filename().string();
+        if (name.compare(0, head.size(), head) != 0) continue;
+        const auto x = name.find('x', head.size());
+        if (x == std::string::npos) continue;
+        const long pid = std::atol(name.substr(head.size(), x - head.size()).c_str());
+        if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) std::filesystem::remove(e.path(), ec);
+    }
 }
 }  // namespace pcluster::protocol

@@ -1,11 +1,13 @@
 """Client: attaches to a running pcluster job through its connection file."""
 
+import atexit
 import itertools
 import json
 import numbers
 import os
 import threading
 import time
+import weakref
 
 from . import _core
 from .asyncresult import AsyncResult, _timeout_arg
@@ -38,6 +40,20 @@ def _read_connection_file(path, timeout):
                 f"pcluster.Client('/path/to/connection.json')"
             )
         time.sleep(0.05)
+
+
+# Clients still open at interpreter exit are closed then: their reader threads stop and their
+# shared-memory segments are removed.
+_open_clients = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all():
+    for c in list(_open_clients):
+        try:
+            c.close()
+        except Exception:
+            pass
 
 
 class Client:
@@ -84,6 +100,7 @@ class Client:
                 f"no pcluster job answers at {host}:{port} (from {path}): {e}. The job may have ended; "
                 f"start one with `mpirun -n 5 pcluster`."
             ) from None
+        _open_clients.add(self)
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
         self._engines = {e.id: e for e in self._conn.engines}
@@ -176,6 +193,7 @@ class Client:
     def close(self):
         """Disconnect; the job keeps running."""
         self._conn.close()
+        _open_clients.discard(self)
 
     def __enter__(self):
         return self

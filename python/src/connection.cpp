@@ -89,7 +89,8 @@ connection::connection(const std::string& host, int port, const std::string& key
             getnameinfo(reinterpret_cast<sockaddr*>(&a), la, ha, sizeof ha, nullptr, 0, NI_NUMERICHOST) == 0 &&
             getnameinfo(reinterpret_cast<sockaddr*>(&b), lb, hb, sizeof hb, nullptr, 0, NI_NUMERICHOST) == 0)
             local_ = std::string(ha) == hb && ::access(proto::shm_dir, W_OK) == 0;
-        shm_owner_ = "c" + proto::to_hex(proto::random_bytes32()).substr(0, 10);
+        shm_owner_ = proto::client_shm_owner();
+        if (local_) proto::remove_dead_client_segments();
     } catch (...) {
         ::close(fd_);
         fd_ = -1;
@@ -127,12 +128,23 @@ void connection::send(std::uint64_t id, const proto::outgoing_frame& f) {
                 busy_segments_[id] = *seg;
             }
             std::lock_guard lk(send_mu_);
+            send_returns_locked();
             proto::write_frame(fd_, proto::encode(proto::shm_frame{id, seg->path, size, true}));
             return;
         }
     }
     std::lock_guard lk(send_mu_);
+    send_returns_locked();
     proto::write_frame(fd_, f);
+}
+
+void connection::send_returns_locked() {
+    proto::shm_return ret;
+    {
+        std::lock_guard lk(returns_->mu);
+        ret.paths.swap(returns_->paths);
+    }
+    if (!ret.paths.empty()) proto::write_frame(fd_, proto::encode(ret));
 }
 
 void connection::read_loop() {
@@ -146,7 +158,18 @@ void connection::read_loop() {
                 break;
             }
             if (v.type() == static_cast<std::uint16_t>(proto::message_type::shm_frame)) {
-                f.bytes = proto::take_shm(proto::decode<proto::shm_frame>(v));
+                auto ref = proto::decode<proto::shm_frame>(v);
+                f.bytes = proto::take_shm(ref);
+                if (ref.keep) {
+                    // The job lends this segment: give it back once nothing here uses it.
+                    std::weak_ptr<returns> q = returns_;
+                    f.bytes->on_release([q, path = ref.path] {
+                        if (auto r = q.lock()) {
+                            std::lock_guard lk(r->mu);
+                            r->paths.push_back(path);
+                        }
+                    });
+                }
                 v = f.view();
             }
             auto r = std::make_shared<reply>(reply{proto::decode<proto::engine_reply>(v), std::move(f)});

@@ -77,6 +77,14 @@ private:
     std::vector<segment> free_segments_;
     std::map<std::uint64_t, segment> busy_segments_;
     segment get_segment(std::uint64_t size);
+    // Reply segments whose last Python reference died; handed back with the next send. Shared
+    // with the buffers' release hooks, which may run after this connection is gone.
+    struct returns {
+        std::mutex mu;
+        std::vector<std::string> paths;
+    };
+    std::shared_ptr<returns> returns_ = std::make_shared<returns>();
+    void send_returns_locked();
     std::uint32_t client_no_ = 0;
     std::string job_id_;
     std::vector<protocol::engine_info> engines_;

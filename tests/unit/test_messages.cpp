@@ -27,13 +27,16 @@ template <> engine_reply sample() {
 }
 template <> job_ended sample() { return job_ended{"shutdown requested"}; }
 template <> job_info sample() { return job_info{"vm-1", {sample_engine(0)}, "vm", 77}; }
+template <> shm_frame sample() { return shm_frame{0x0000000200000009ull, "/dev/shm/pcluster-c12x34-abcdef", 1 << 20, true}; }
+template <> shm_return sample() { return shm_return{{"/dev/shm/pcluster-s1-aa", "/dev/shm/pcluster-s1-bb"}}; }
 template <> bridge_ready sample() { return bridge_ready{"127.0.0.1", 40000, "/root/.pcluster/connection.json"}; }
 
 }  // namespace
 
 TEMPLATE_TEST_CASE("every message survives a frame round trip", "[messages]", challenge, auth_request, auth_reply,
                    execute_request, push_request, pull_request, apply_request, scatter_request, gather_request,
-                   map_request, shutdown_request, engine_reply, job_ended, job_info, bridge_ready) {
+                   map_request, shutdown_request, engine_reply, job_ended, shm_frame, shm_return, job_info,
+                   bridge_ready) {
     const TestType msg = sample<TestType>();
     const std::string payload_a = "stream", payload_b(100000, 'z');
     auto out = encode(msg, {{payload_a.data(), payload_a.size()}, {payload_b.data(), payload_b.size()}});

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <stdexcept>
@@ -45,6 +46,8 @@ public:
     byte_buffer() = default;
     explicit byte_buffer(std::size_t n) : heap_(std::make_unique_for_overwrite<char[]>(n)), size_(n) {}
     static std::shared_ptr<byte_buffer> adopt_mapping(char* map, std::size_t n);
+    // Runs once the mapping is gone (after munmap): e.g. hand a shared-memory segment back.
+    void on_release(std::function<void()> f) { on_release_ = std::move(f); }
     ~byte_buffer();
     byte_buffer(const byte_buffer&) = delete;
     byte_buffer& operator=(const byte_buffer&) = delete;
@@ -56,6 +59,7 @@ private:
     std::unique_ptr<char[]> heap_;
     char* map_ = nullptr;
     std::size_t size_ = 0;
+    std::function<void()> on_release_;
 };
 
 struct frame_prefix {

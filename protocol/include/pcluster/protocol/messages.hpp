@@ -36,6 +36,7 @@ enum class message_type : std::uint16_t {
     job_ended = 41,
     // a large frame handed over in shared memory (same host only)
     shm_frame = 20,
+    shm_return = 21,
     // bridge <-> controller only
     job_info = 60,
     bridge_ready = 61,
@@ -243,6 +244,15 @@ struct shm_frame {
     void serialize(Archive& ar, std::uint32_t) { ar(id, path, size, keep); }
 };
 
+// Client -> controller: reply segments (shm_frame with keep) the client no longer uses; the
+// controller reuses them for later replies instead of faulting in fresh pages.
+struct shm_return {
+    bool operator==(const shm_return&) const = default;
+    std::vector<std::string> paths;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(paths); }
+};
+
 // Compile-time map from struct to its wire type.
 template <class T> struct type_of;
 #define PCLUSTER_MESSAGE(T)                                                             \
@@ -263,6 +273,7 @@ PCLUSTER_MESSAGE(shutdown_request)
 PCLUSTER_MESSAGE(engine_reply)
 PCLUSTER_MESSAGE(job_ended)
 PCLUSTER_MESSAGE(shm_frame)
+PCLUSTER_MESSAGE(shm_return)
 PCLUSTER_MESSAGE(job_info)
 PCLUSTER_MESSAGE(bridge_ready)
 #undef PCLUSTER_MESSAGE
@@ -304,5 +315,6 @@ CEREAL_CLASS_VERSION(pcluster::protocol::shutdown_request, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::engine_reply, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::job_ended, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::shm_frame, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::shm_return, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::job_info, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::bridge_ready, 1)

@@ -10,8 +10,10 @@
 //   P (point-to-point, communicator `p2p_comm`): requests for one engine. tag_p_head carries
 //     {bcast_before, frame_len}, tag_p_data the frame (in chunks of at most 1 GiB).
 // Replies, from either channel, go point to point to rank 0 on `reply_comm` as soon as each
-// engine has one: a whole frame (tag_reply_one), or for frames over INT_MAX bytes a length
-// (tag_reply_head) followed by chunks on `p2p_comm` (tag_reply). Rank 0 probes with ANY_TAG, so
+// engine has one: a small frame whole (tag_reply_one); a large one as the lengths of its pieces
+// (tag_reply_parts: head, pickle stream, out-of-band buffers) followed by each piece on
+// `p2p_comm` (tag_reply, in chunks of at most 1 GiB) - sent from where the pickle left them,
+// never copied into one block on the engine. Rank 0 probes with ANY_TAG, so
 // each engine's replies arrive in the order it sent them (MPI's non-overtaking rule); no gather
 // tree holds a fast engine's reply back until the slowest one is done.
 // Order across the two request channels: the envelope says, per engine, how many P requests
@@ -28,6 +30,7 @@
 #include <ctime>
 #include <stdexcept>
 #include <string>
+#include <span>
 #include <vector>
 
 #include <malloc.h>
@@ -40,7 +43,7 @@ namespace pcluster::mpi_wire {
 inline constexpr int tag_p_head = 1;
 inline constexpr int tag_p_data = 2;
 inline constexpr int tag_reply_one = 3;   // reply_comm: a whole reply frame
-inline constexpr int tag_reply_head = 4;  // reply_comm: u64 length of a reply too large for one message
+inline constexpr int tag_reply_parts = 4;  // reply_comm: u64 lengths of a large reply's pieces
 inline constexpr int tag_reply = 7;       // p2p_comm: that reply's chunks
 inline constexpr int tag_part = 5;     // B-channel parts too large for Iscatterv's int counts
 inline constexpr std::uint64_t chunk = std::uint64_t{1} << 30;
@@ -200,19 +203,32 @@ private:
     std::int64_t idle_since_ = 0, sleep_ns_ = 0;
 };
 
-// Sends a reply frame to rank 0 (see the channel notes above); appends the requests to wait on.
-inline void send_reply(const char* data, std::uint64_t len, MPI_Comm reply_comm, MPI_Comm p2p_comm,
-                       std::vector<MPI_Request>& reqs, std::uint64_t* len_storage) {
+inline constexpr std::uint64_t reply_in_pieces = std::uint64_t{1} << 20;
+
+// Sends a reply frame, given as its pieces, to rank 0 (see the channel notes above). Appends
+// the requests to wait on; `pieces`, `lens` and `flat` must live until they complete.
+inline void send_reply(const std::vector<std::span<const char>>& pieces, MPI_Comm reply_comm, MPI_Comm p2p_comm,
+                       std::vector<MPI_Request>& reqs, std::vector<std::uint64_t>& lens, std::vector<char>& flat) {
+    std::uint64_t total = 0;
+    for (auto& p : pieces) total += p.size();
     MPI_Request r;
-    if (len <= static_cast<std::uint64_t>(INT_MAX)) {
-        check(MPI_Isend(data, static_cast<int>(len), MPI_BYTE, 0, tag_reply_one, reply_comm, &r), "MPI_Isend");
+    if (total < reply_in_pieces || (pieces.size() == 1 && total <= static_cast<std::uint64_t>(INT_MAX))) {
+        const char* data = pieces.size() == 1 ? pieces[0].data() : nullptr;
+        if (pieces.size() != 1) {
+            flat.reserve(total);
+            for (auto& p : pieces) flat.insert(flat.end(), p.begin(), p.end());
+            data = flat.data();
+        }
+        check(MPI_Isend(data, static_cast<int>(total), MPI_BYTE, 0, tag_reply_one, reply_comm, &r), "MPI_Isend");
         reqs.push_back(r);
         return;
     }
-    *len_storage = len;
-    check(MPI_Isend(len_storage, 1, MPI_UINT64_T, 0, tag_reply_head, reply_comm, &r), "MPI_Isend");
+    lens.clear();
+    for (auto& p : pieces) lens.push_back(p.size());
+    check(MPI_Isend(lens.data(), static_cast<int>(lens.size()), MPI_UINT64_T, 0, tag_reply_parts, reply_comm, &r),
+          "MPI_Isend");
     reqs.push_back(r);
-    isend_bytes(data, len, 0, tag_reply, p2p_comm, reqs);
+    for (auto& p : pieces) isend_bytes(p.data(), p.size(), 0, tag_reply, p2p_comm, reqs);
 }
 
 // Large transfers land in fresh memory, and on a VM a fresh page costs more than copying into

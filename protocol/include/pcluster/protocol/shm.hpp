@@ -29,11 +29,20 @@ shm_out create_shm(const std::string& owner, std::uint64_t size);
 // regular file of exactly ref.size bytes owned by this user. Throws frame_error / system_error.
 std::shared_ptr<byte_buffer> take_shm(const shm_frame& ref);
 
+// Maps an existing segment read-write (one this process made and lent out, now returned).
+// Returns null if it is gone.
+std::shared_ptr<byte_buffer> reopen_shm(const std::string& path);
+
 // Whether `path` has the form create_shm makes (checked before anything touches it).
 bool valid_shm_path(const std::string& path);
 
 // Removes leftovers /dev/shm/pcluster-<owner>-* (after a peer died before taking them).
 void remove_shm_leftovers(const std::string& owner);
+// Removes client segments (/dev/shm/pcluster-c<pid>x*) whose process is gone: a client killed
+// while filling one never announced it, so nobody else knows its name.
+void remove_dead_client_segments();
+// The owner tag for a client's segments: "c<pid>x<random>".
+std::string client_shm_owner();
 bool has_shm_leftovers(const std::string& owner);
 
 }  // namespace pcluster::protocol

@@ -35,7 +35,7 @@ public:
 
 private:
     std::uint64_t max_frame_;
-    char prefix_buf_[prefix_size];
+    char prefix_buf_[prefix_size] = {};
     std::shared_ptr<byte_buffer> body_;
     std::uint64_t have_ = 0;
     std::uint64_t need_ = prefix_size;
