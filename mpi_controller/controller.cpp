@@ -316,11 +316,11 @@ private:
         for (int e = 0; e < n_; ++e) slots[e].p2p_before = p2p_sent_[e];
         ++bcast_sent_;
 
-        if (blob_len <= wire::inline_request)
+        if (blob_len <= wire::inline_capacity(n_))
             std::memcpy(env->data() + wire::envelope_inline_offset(n_), bytes->data(), blob_len);
         inflight fl;
         wire::ibcast_bytes(env->data(), env->size(), bcomm_, fl.reqs);
-        if (blob_len > wire::inline_request) wire::ibcast_bytes(bytes->data(), blob_len, bcomm_, fl.reqs);
+        if (blob_len > wire::inline_capacity(n_)) wire::ibcast_bytes(bytes->data(), blob_len, bcomm_, fl.reqs);
         if (has_parts) {
             if (wire::parts_fit_scatterv(part_len)) {
                 std::vector<int> counts(n_ + 1, 0), displs(n_ + 1, 0);

@@ -147,7 +147,7 @@ private:
         py::bytearray blob = new_bytearray(h.blob_len);
         std::optional<py::bytearray> part;
         std::vector<MPI_Request> reqs;
-        if (h.blob_len <= wire::inline_request)
+        if (h.blob_len <= wire::inline_capacity(n_))
             std::memcpy(data_of(blob), env_.data() + wire::envelope_inline_offset(n_), h.blob_len);
         else
             wire::ibcast_bytes(data_of(blob), h.blob_len, bcomm_, reqs);

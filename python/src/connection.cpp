@@ -174,9 +174,10 @@ void connection::read_loop() {
             }
             auto r = std::make_shared<reply>(reply{proto::decode<proto::engine_reply>(v), std::move(f)});
             std::lock_guard lk(mu_);
-            if (r->meta.engine < 0) refused_[r->meta.id] = true;
-            replies_[r->meta.id].push_back(std::move(r));
-            cv_.notify_all();
+            const std::uint64_t id = r->meta.id;
+            if (r->meta.engine < 0) refused_[id] = true;
+            replies_[id].push_back(std::move(r));
+            if (auto w = waiting_.find(id); w != waiting_.end() && complete_locked(id, w->second)) cv_.notify_all();
         }
     } catch (const std::exception& e) {
         why = std::string("connection to the job lost: ") + e.what();
@@ -196,7 +197,10 @@ bool connection::complete_locked(std::uint64_t id, std::size_t n) {
 
 bool connection::wait(std::uint64_t id, std::size_t n, proto::clock::time_point deadline) {
     std::unique_lock lk(mu_);
+    if (complete_locked(id, n)) return true;
+    waiting_[id] = n;
     cv_.wait_until(lk, deadline, [&] { return complete_locked(id, n) || closed_; });
+    waiting_.erase(id);
     return complete_locked(id, n);
 }
 

@@ -93,6 +93,9 @@ private:
     std::condition_variable cv_;
     std::map<std::uint64_t, std::vector<reply_ptr>> replies_;
     std::map<std::uint64_t, bool> refused_;
+    // Requests a thread is blocked on, with the reply count it needs: the reader wakes waiters
+    // only when that count is reached (each needless wake-up costs a context switch).
+    std::map<std::uint64_t, std::size_t> waiting_;
     bool closed_ = false;
     std::string reason_;
     std::thread reader_;
