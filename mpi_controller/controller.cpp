@@ -92,7 +92,7 @@ public:
     // Event loop. Returns once the shutdown request's replies reached the bridge (or the bridge
     // is gone and engines were told to stop).
     void run() {
-        wire::backoff idle;
+        wire::backoff idle("CONTROLLER");
         if (bridge_fd_ < 0) enqueue_internal_shutdown();
         while (!finished_) {
             bool progress = false;

@@ -162,13 +162,14 @@ inline bool test_all(std::vector<MPI_Request>& reqs) {
 // Every knob can be set from the environment (PCLUSTER_SPIN_NS, ...) for tuning experiments.
 class backoff {
 public:
-    backoff()
-        : spin_ns_(env_ns("PCLUSTER_SPIN_NS", 50'000)),
-          yield_ns_(env_ns("PCLUSTER_YIELD_NS", 2'000'000)),
-          busy_yield_ns_(env_ns("PCLUSTER_BUSY_YIELD_NS", 1'000'000'000)),
-          nap_ns_(env_ns("PCLUSTER_NAP_NS", 20'000)),
-          doze_ns_(env_ns("PCLUSTER_DOZE_NS", 5'000'000)),
-          max_sleep_ns_(env_ns("PCLUSTER_MAX_SLEEP_NS", 1'000'000)) {
+    // `role` ("ENGINE", "CONTROLLER") selects PCLUSTER_<role>_* variables before PCLUSTER_*.
+    explicit backoff(const char* role = "ENGINE")
+        : spin_ns_(knob(role, "SPIN_NS", 50'000)),
+          yield_ns_(knob(role, "YIELD_NS", 2'000'000)),
+          busy_yield_ns_(knob(role, "BUSY_YIELD_NS", 1'000'000'000)),
+          nap_ns_(knob(role, "NAP_NS", 20'000)),
+          doze_ns_(knob(role, "DOZE_NS", 5'000'000)),
+          max_sleep_ns_(knob(role, "MAX_SLEEP_NS", 1'000'000)) {
         // The default 50 us timer slack would turn every short sleep into 50+ us.
         prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
         reset();
@@ -196,9 +197,10 @@ public:
         timespec ts{static_cast<time_t>(s / 1'000'000'000), static_cast<long>(s % 1'000'000'000)};
         nanosleep(&ts, nullptr);
     }
-    static std::int64_t env_ns(const char* name, std::int64_t fallback) {
-        const char* v = std::getenv(name);
-        return v && *v ? std::atoll(v) : fallback;
+    static std::int64_t knob(const char* role, const char* name, std::int64_t fallback) {
+        for (std::string var : {std::string("PCLUSTER_") + role + "_" + name, std::string("PCLUSTER_") + name})
+            if (const char* v = std::getenv(var.c_str()); v && *v) return std::atoll(v);
+        return fallback;
     }
     static std::int64_t now_ns() {
         timespec ts;
