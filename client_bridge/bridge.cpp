@@ -255,7 +255,7 @@ private:
         rep.mac = proto::auth_mac(key_, proto::bridge_label, req.client_nonce);
         rep.engines = info_.engines;
         c.writer.push(proto::encode(rep));
-        spdlog::info("client {} authenticated as client {}", c.peer, c.no);
+        spdlog::debug("client {} authenticated as client {}", c.peer, c.no);
         flush_client(c);
     }
 
@@ -411,7 +411,7 @@ int main(int argc, char** argv) {
     app.add_option("--max-frame-gib", max_frame_gib, "largest request a client may send");
     CLI11_PARSE(app, argc, argv);
     spdlog::set_level(spdlog::level::from_str(log_level));
-    spdlog::set_pattern("pcluster-bridge %^%l%$: %v");
+    spdlog::set_pattern("pcluster-bridge %l: %v");
     // Ctrl-C in the terminal reaches the whole process group; the bridge outlives the controller
     // by design (it must tell clients), so it follows the controller's socket, not SIGINT.
     std::signal(SIGINT, SIG_IGN);

@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
         return app.exit(e);
     }
     spdlog::set_level(spdlog::level::from_str(opt.log_level));
-    spdlog::set_pattern("pcluster %^%l%$: %v");
+    spdlog::set_pattern("pcluster %l: %v");
 
     pcluster::mpi_wire::keep_freed_memory();
     int provided = 0;
