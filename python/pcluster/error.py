@@ -47,10 +47,10 @@ class RemoteError(PclusterError):
         return f"<RemoteError {self}>"
 
     def render_traceback(self):
-        """The remote traceback as a list of lines."""
+        """The remote traceback as a list of lines, headed by [engine:method] Ename: evalue."""
         head = f"{self._label()} {self.ename}: {self.evalue}"
         tb = self.traceback.rstrip("\n").splitlines() if self.traceback else []
-        return [head] + tb if tb and not tb[-1].startswith(self.ename) else (tb or [head])
+        return [head] + tb
 
     # IPython shows this instead of the local traceback.
     def _render_traceback_(self):
