@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
+#include <optional>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -114,7 +116,7 @@ public:
     std::string run() {
         epoll_event evs[64];
         while (!terminate_requested) {
-            const int n = epoll_wait(ep_, evs, 64, 500);
+            const int n = epoll_wait(ep_, evs, 64, listen_paused_until_ ? 20 : 500);
             if (n < 0 && errno != EINTR) throw std::system_error(errno, std::generic_category(), "epoll_wait");
             for (int i = 0; i < n; ++i) {
                 const int fd = evs[i].data.fd;
@@ -130,6 +132,10 @@ public:
                 }
             }
             expire_logins();
+            if (listen_paused_until_ && proto::clock::now() > *listen_paused_until_) {
+                add(listen_fd_, EPOLLIN);
+                listen_paused_until_.reset();
+            }
         }
         return "the job was terminated";
     }
@@ -172,7 +178,16 @@ private:
             sockaddr_storage ss{};
             socklen_t len = sizeof ss;
             int fd = ::accept4(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-            if (fd < 0) return;
+            if (fd < 0) {
+                if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                    // Out of descriptors: the listening socket stays readable, so stop watching it
+                    // for a moment rather than spin.
+                    spdlog::warn("cannot accept more clients ({}); pausing for 100 ms", std::strerror(errno));
+                    epoll_ctl(ep_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+                    listen_paused_until_ = proto::clock::now() + std::chrono::milliseconds(100);
+                }
+                return;
+            }
             int one = 1;
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             char host[NI_MAXHOST] = "?", serv[NI_MAXSERV] = "?";
@@ -199,9 +214,10 @@ private:
         const int fd = c.fd;
         for (const auto& p : c.shm_paths) ::unlink(p.c_str());
         if (!c.lent_paths.empty()) {
-            // Its segments go back to the controller for reuse, as if it had returned them.
+            // The controller must forget them: the client's process may still map them.
             proto::shm_return ret;
             ret.paths.assign(c.lent_paths.begin(), c.lent_paths.end());
+            ret.reuse = false;
             ctl_writer_.push(proto::encode(ret));
             flush_controller();
         }
@@ -254,6 +270,7 @@ private:
         rep.client_no = c.no;
         rep.mac = proto::auth_mac(key_, proto::bridge_label, req.client_nonce);
         rep.engines = info_.engines;
+        rep.shm_ok = !req.shm_probe.empty() && proto::probe_matches(req.shm_probe, req.shm_token);
         c.writer.push(proto::encode(rep));
         spdlog::debug("client {} authenticated as client {}", c.peer, c.no);
         flush_client(c);
@@ -263,6 +280,7 @@ private:
         auto v = f.view();
         if (v.type() == static_cast<std::uint16_t>(proto::message_type::shm_return)) {
             auto ret = proto::decode<proto::shm_return>(v);
+            if (!ret.reuse) throw proto::frame_error("clients return segments for reuse only");
             for (const auto& p : ret.paths)
                 if (!c.lent_paths.erase(p)) throw proto::frame_error("returned segment " + p + " was not lent to it");
             ctl_writer_.push_raw(std::move(f.bytes));
@@ -366,6 +384,7 @@ private:
     proto::frame_reader ctl_reader_;
     proto::frame_writer ctl_writer_;
     std::uint32_t next_client_no_ = 1;
+    std::optional<proto::clock::time_point> listen_paused_until_;
 };
 
 int listen_on(const std::string& ip, int port, std::uint16_t* bound) {

@@ -257,14 +257,19 @@ private:
     }
 
     // Issues queued requests in arrival order; every engine replays that order (see mpi_wire.hpp).
+    // Issues queued requests in arrival order. Requests for every engine go on the B channel
+    // (collectives); requests for some engines go to each target point to point, so an engine
+    // that is not targeted - perhaps busy running Python - neither delays them nor receives
+    // their payload.
     bool issue() {
         bool any = false;
         while (!queue_.empty()) {
             op& o = queue_.front();
-            if (o.targets.size() == 1 && !o.shutdown) {
-                issue_p(o);
+            const layout l = layout_of(o);
+            if (o.targets.size() == static_cast<std::size_t>(n_) || o.shutdown) {
+                issue_b(o, l);
             } else {
-                issue_b(o);
+                for (std::size_t k = 0; k < o.targets.size(); ++k) issue_p(o, l, k);
             }
             queue_.pop_front();
             any = true;
@@ -272,66 +277,87 @@ private:
         return any;
     }
 
-    void issue_p(op& o) {
-        const int e = o.targets[0];
-        auto head = std::make_shared<wire::p_head>(wire::p_head{bcast_sent_, o.frame.bytes->size()});
+    // Where a request's bytes are: the blob (the frame up to its first part buffer, all of it
+    // when it has no parts) and each target's part (parts are contiguous, in target order).
+    struct layout {
+        std::uint64_t blob_len = 0;
+        bool has_parts = false;
+        std::vector<std::uint64_t> part_off, part_len;  // by target index k
+    };
+    static layout layout_of(const op& o) {
+        auto view = o.frame.view();
+        const std::uint64_t size = o.frame.bytes->size();
+        auto offset_of = [&](std::uint32_t b) { return b < view.nbufs() ? view.buf_offset(b) : size; };
+        layout l;
+        l.has_parts = !o.r.part_bufs.empty();
+        l.blob_len = l.has_parts ? offset_of(o.r.shared_bufs) : size;
+        if (l.has_parts) {
+            std::uint32_t b = o.r.shared_bufs;
+            for (std::size_t k = 0; k < o.targets.size(); ++k) {
+                const std::uint32_t cnt = o.r.part_bufs[k];
+                std::uint64_t len = 0;
+                for (std::uint32_t j = 0; j < cnt; ++j) len += view.buf_len(b + j);
+                l.part_off.push_back(offset_of(b));
+                l.part_len.push_back(len);
+                b += cnt;
+            }
+        }
+        return l;
+    }
+
+    void issue_p(const op& o, const layout& l, std::size_t k) {
+        const int e = o.targets[k];
+        const std::uint64_t part_len = l.has_parts ? l.part_len[k] : 0;
+        auto head = std::make_shared<wire::p_head>(wire::p_head{bcast_sent_, l.blob_len, part_len, l.has_parts});
         auto bytes = o.frame.bytes;
         inflight fl;
         wire::isend_bytes(head.get(), sizeof(wire::p_head), e + 1, wire::tag_p_head, p2p_, fl.reqs);
-        wire::isend_bytes(bytes->data(), bytes->size(), e + 1, wire::tag_p_data, p2p_, fl.reqs);
+        wire::isend_bytes(bytes->data(), l.blob_len, e + 1, wire::tag_p_data, p2p_, fl.reqs);
+        if (l.has_parts) wire::isend_bytes(bytes->data() + l.part_off[k], part_len, e + 1, wire::tag_p_data, p2p_, fl.reqs);
         fl.then = [head, bytes] {};
         ++p2p_sent_[e];
         pending_[e].push_back(pending_of(o));
         inflight_.push_back(std::move(fl));
     }
 
-    void issue_b(op& o) {
-        auto view = o.frame.view();
+    void issue_b(const op& o, const layout& l) {
         auto bytes = o.frame.bytes;
-        // Blob: the frame up to its first part buffer. Parts: the rest, in target order.
-        const std::uint32_t first_part = o.r.shared_bufs;
-        const bool has_parts = !o.r.part_bufs.empty();
-        const std::uint64_t blob_len = has_parts ? view.buf_offset(first_part) : bytes->size();
-
         auto env = std::make_shared<std::vector<char>>(wire::envelope_size(n_), 0);
         auto* head = reinterpret_cast<wire::envelope_head*>(env->data());
         auto* slots = reinterpret_cast<wire::envelope_slot*>(env->data() + sizeof(wire::envelope_head));
-        head->blob_len = blob_len;
-        head->has_parts = has_parts;
+        head->blob_len = l.blob_len;
+        head->has_parts = l.has_parts;
         std::vector<std::uint64_t> part_len(n_, 0), part_off(n_, 0);
-        std::uint32_t b = first_part;
         for (std::size_t k = 0; k < o.targets.size(); ++k) {
             const int e = o.targets[k];
             slots[e].targeted = 1;
-            if (has_parts) {
-                const std::uint32_t cnt = o.r.part_bufs[k];
-                part_off[e] = b < view.nbufs() ? view.buf_offset(b) : bytes->size();
-                std::uint64_t len = 0;
-                for (std::uint32_t j = 0; j < cnt; ++j) len += view.buf_len(b + j);
-                part_len[e] = len;
-                slots[e].part_len = len;
-                b += cnt;
+            if (l.has_parts) {
+                part_off[e] = l.part_off[k];
+                part_len[e] = l.part_len[k];
+                slots[e].part_len = l.part_len[k];
             }
         }
         for (int e = 0; e < n_; ++e) slots[e].p2p_before = p2p_sent_[e];
         ++bcast_sent_;
 
-        if (blob_len <= wire::inline_capacity(n_))
-            std::memcpy(env->data() + wire::envelope_inline_offset(n_), bytes->data(), blob_len);
+        if (l.blob_len <= wire::inline_capacity(n_))
+            std::memcpy(env->data() + wire::envelope_inline_offset(n_), bytes->data(), l.blob_len);
         inflight fl;
         wire::ibcast_bytes(env->data(), env->size(), bcomm_, fl.reqs);
-        if (blob_len > wire::inline_capacity(n_)) wire::ibcast_bytes(bytes->data(), blob_len, bcomm_, fl.reqs);
-        if (has_parts) {
+        if (l.blob_len > wire::inline_capacity(n_)) wire::ibcast_bytes(bytes->data(), l.blob_len, bcomm_, fl.reqs);
+        // MPI may read counts and displacements until the scatter completes: they live as long.
+        auto counts = std::make_shared<std::vector<int>>(n_ + 1, 0);
+        auto displs = std::make_shared<std::vector<int>>(n_ + 1, 0);
+        if (l.has_parts) {
             if (wire::parts_fit_scatterv(part_len)) {
-                std::vector<int> counts(n_ + 1, 0), displs(n_ + 1, 0);
+                const std::uint64_t base = l.part_off[0];
                 for (int e = 0; e < n_; ++e) {
-                    counts[e + 1] = static_cast<int>(part_len[e]);
-                    displs[e + 1] = static_cast<int>(part_off[e] - part_off[o.targets[0]]);
+                    (*counts)[e + 1] = static_cast<int>(part_len[e]);
+                    (*displs)[e + 1] = static_cast<int>(part_off[e] - base);
                 }
                 MPI_Request r;
-                // Displacements are relative to the first part; parts are contiguous in target order.
-                wire::check(MPI_Iscatterv(bytes->data() + part_off[o.targets[0]], counts.data(), displs.data(),
-                                          MPI_BYTE, nullptr, 0, MPI_BYTE, 0, bcomm_, &r),
+                wire::check(MPI_Iscatterv(bytes->data() + base, counts->data(), displs->data(), MPI_BYTE, nullptr, 0,
+                                          MPI_BYTE, 0, bcomm_, &r),
                             "MPI_Iscatterv");
                 fl.reqs.push_back(r);
             } else {
@@ -344,7 +370,7 @@ private:
             shutdown_issued_ = true;
             shutdown_replies_left_ = static_cast<int>(o.targets.size());
         }
-        fl.then = [env, bytes] {};
+        fl.then = [env, bytes, counts, displs] {};
         inflight_.push_back(std::move(fl));
     }
 
@@ -407,7 +433,8 @@ private:
         for (const auto& path : ret.paths) {
             auto it = lent_.find(path);
             if (it == lent_.end()) continue;
-            pool_.push_back(std::move(it->second));
+            if (ret.reuse) pool_.push_back(std::move(it->second));
+            else ::unlink(path.c_str());  // our mapping goes with the entry; the client keeps its own
             lent_.erase(it);
         }
         std::uint64_t total = 0;

@@ -182,11 +182,16 @@ private:
     }
 
     void run_p() {
-        py::bytearray frame = new_bytearray(phead_.frame_len);
+        py::bytearray blob = new_bytearray(phead_.blob_len);
+        std::optional<py::bytearray> part;
         std::vector<MPI_Request> reqs;
-        wire::irecv_bytes(data_of(frame), phead_.frame_len, 0, wire::tag_p_data, p2p_, reqs);
+        wire::irecv_bytes(data_of(blob), phead_.blob_len, 0, wire::tag_p_data, p2p_, reqs);
+        if (phead_.has_parts) {
+            part = new_bytearray(phead_.part_len);
+            wire::irecv_bytes(data_of(*part), phead_.part_len, 0, wire::tag_p_data, p2p_, reqs);
+        }
         wait(reqs);
-        const reply_parts reply = handle(frame, py::none());
+        const reply_parts reply = handle(blob, part ? py::object(*part) : py::none());
         reply_to_controller(reply);
     }
 

@@ -68,6 +68,18 @@ std::shared_ptr<byte_buffer> reopen_shm(const std::string& path) {
     return byte_buffer::adopt_mapping(static_cast<char*>(p), static_cast<std::size_t>(st.st_size));
 }
 
+bool probe_matches(const std::string& path, const std::array<std::uint8_t, 32>& token) {
+    if (!valid_shm_path(path)) return false;
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return false;
+    struct stat st {};
+    std::array<std::uint8_t, 32> got{};
+    const bool ok = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == ::geteuid() &&
+                    ::read(fd, got.data(), got.size()) == static_cast<ssize_t>(got.size()) && got == token;
+    ::close(fd);
+    return ok;
+}
+
 bool valid_shm_path(const std::string& path) {
     const std::string head = std::string(shm_dir) + "/" + shm_prefix;
     if (path.size() <= head.size() || path.size() > 200 || path.compare(0, head.size(), head) != 0) return false;

@@ -1,6 +1,8 @@
 """AsyncResult: the pending result of a request, a concurrent.futures.Future."""
 
 import concurrent.futures
+import threading
+import time
 
 from . import serialize
 from .error import CompositeError, JobEndedError, RemoteError
@@ -28,6 +30,7 @@ class AsyncResult(concurrent.futures.Future):
         self._single = single
         self._post = post
         self._metadata = []
+        self._fetch_lock = threading.Lock()
 
     def __repr__(self):
         state = "finished" if self.done() else "pending"
@@ -35,18 +38,34 @@ class AsyncResult(concurrent.futures.Future):
 
     # --- collecting replies ---
     def _fetch(self, timeout):
+        """Collects the replies, waiting up to timeout (None: no limit); True once done. One
+        thread at a time takes the replies off the connection; others wait for it to finish."""
+        t = _timeout_arg(timeout)
+        deadline = None if t is None else time.monotonic() + t
+        while not self.done():
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if self._fetch_lock.acquire(blocking=False):
+                try:
+                    self._fetch_locked(left)
+                finally:
+                    self._fetch_lock.release()
+                return self.done()
+            if left == 0:
+                return False
+            concurrent.futures.wait([self], timeout=0.1 if left is None else min(0.1, left))
+        return True
+
+    def _fetch_locked(self, timeout):
         if self.done():
-            return True
+            return
         conn = self._client._conn
-        if not conn.wait(self.msg_id, len(self._targets), _timeout_arg(timeout)):
-            if conn.closed and not self.done():
-                self.set_exception(JobEndedError(conn.close_reason))
-                return True
-            return False
-        if not self.done():
+        if conn.wait(self.msg_id, len(self._targets), timeout):
             self._resolve(conn.take(self.msg_id))
             conn.release(self.msg_id)
-        return True
+        elif conn.closed:
+            self.set_exception(JobEndedError(conn.close_reason))
+        if self.done():
+            self._client._outstanding.discard(self)
 
     def _resolve(self, replies):
         refused = [r for r in replies if r.engine < 0]

@@ -105,7 +105,7 @@ class Client:
         self._lock = threading.Lock()
         self._engines = {e.id: e for e in self._conn.engines}
         self.block = True
-        self._history = []
+        self._outstanding = set()  # AsyncResults not yet collected, for rc.wait()
 
     # --- engines ---
     @property
@@ -159,12 +159,19 @@ class Client:
         except ConnectionError as e:
             raise JobEndedError(f"cannot send {method}: {self._conn.close_reason or e}") from None
         ar = AsyncResult(self, msg_id, ids, method, single, post)
+        self._outstanding.add(ar)
         return ar
 
+    @property
+    def outstanding(self):
+        """Requests sent and not yet collected."""
+        return {ar.msg_id for ar in list(self._outstanding) if not ar.done()}
+
     def wait(self, jobs=None, timeout=-1):
-        """Wait for AsyncResults (a list or one); True if all finished within timeout."""
+        """Wait for AsyncResults (one, a list, or by default every outstanding request); True if
+        all finished within timeout (-1/None: no limit)."""
         if jobs is None:
-            return True
+            jobs = list(self._outstanding)
         if isinstance(jobs, AsyncResult):
             jobs = [jobs]
         t = _timeout_arg(timeout)

@@ -73,6 +73,23 @@ connection::connection(const std::string& host, int port, const std::string& key
         proto::auth_request req;
         req.mac = proto::auth_mac(key, proto::client_label, ch.nonce);
         req.client_nonce = proto::random_bytes32();
+        shm_owner_ = proto::client_shm_owner();
+        // Offer a probe file: if the bridge can read it, large frames may go by /dev/shm.
+        std::optional<proto::shm_out> probe;
+        struct unlink_probe {
+            std::optional<proto::shm_out>& p;
+            ~unlink_probe() {
+                if (p) ::unlink(p->path.c_str());
+            }
+        } guard{probe};
+        try {
+            probe = proto::create_shm(shm_owner_, 32);
+            req.shm_token = proto::random_bytes32();
+            std::memcpy(probe->map->data(), req.shm_token.data(), 32);
+            probe->map.reset();
+            req.shm_probe = probe->path;
+        } catch (const std::exception&) {
+        }
         proto::write_frame(fd_, proto::encode(req));
         auto rep = proto::decode<proto::auth_reply>(proto::read_frame(fd_, deadline, 1 << 24).view());
         if (!rep.ok) throw auth_error(rep.message);
@@ -80,16 +97,7 @@ connection::connection(const std::string& host, int port, const std::string& key
             throw auth_error("the job could not prove it holds the key");
         client_no_ = rep.client_no;
         engines_ = std::move(rep.engines);
-        // Same host when both ends of the socket carry the same address (loopback included).
-        sockaddr_storage a{}, b{};
-        socklen_t la = sizeof a, lb = sizeof b;
-        char ha[NI_MAXHOST] = "", hb[NI_MAXHOST] = "";
-        if (getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &la) == 0 &&
-            getpeername(fd_, reinterpret_cast<sockaddr*>(&b), &lb) == 0 &&
-            getnameinfo(reinterpret_cast<sockaddr*>(&a), la, ha, sizeof ha, nullptr, 0, NI_NUMERICHOST) == 0 &&
-            getnameinfo(reinterpret_cast<sockaddr*>(&b), lb, hb, sizeof hb, nullptr, 0, NI_NUMERICHOST) == 0)
-            local_ = std::string(ha) == hb && ::access(proto::shm_dir, W_OK) == 0;
-        shm_owner_ = proto::client_shm_owner();
+        local_ = rep.shm_ok;
         if (local_) proto::remove_dead_client_segments();
     } catch (...) {
         ::close(fd_);
@@ -101,7 +109,7 @@ connection::connection(const std::string& host, int port, const std::string& key
 
 connection::~connection() { close(); }
 
-void connection::send(std::uint64_t id, const proto::outgoing_frame& f) {
+void connection::send(std::uint64_t id, std::size_t replies, const proto::outgoing_frame& f) {
     {
         std::lock_guard lk2(mu_);
         if (closed_) throw std::system_error(ENOTCONN, std::generic_category(), reason_);
@@ -125,7 +133,7 @@ void connection::send(std::uint64_t id, const proto::outgoing_frame& f) {
             }
             {
                 std::lock_guard lk(pool_mu_);
-                busy_segments_[id] = *seg;
+                busy_segments_[id] = busy{*seg, replies};
             }
             std::lock_guard lk(send_mu_);
             send_returns_locked();
@@ -159,7 +167,19 @@ void connection::read_loop() {
             }
             if (v.type() == static_cast<std::uint16_t>(proto::message_type::shm_frame)) {
                 auto ref = proto::decode<proto::shm_frame>(v);
-                f.bytes = proto::take_shm(ref);
+                try {
+                    f.bytes = proto::take_shm(ref);
+                } catch (const std::exception& e) {
+                    // That reply is lost to us; the request fails, the connection lives on.
+                    proto::engine_reply err;
+                    err.id = ref.id;
+                    err.engine = -1;
+                    err.status = proto::reply_status::error;
+                    err.ename = "SharedMemoryError";
+                    err.evalue = std::string("cannot map the reply in shared memory: ") + e.what();
+                    file_reply(std::make_shared<reply>(reply{err, proto::received_frame{}}));
+                    continue;
+                }
                 if (ref.keep) {
                     // The job lends this segment: give it back once nothing here uses it.
                     std::weak_ptr<returns> q = returns_;
@@ -172,12 +192,7 @@ void connection::read_loop() {
                 }
                 v = f.view();
             }
-            auto r = std::make_shared<reply>(reply{proto::decode<proto::engine_reply>(v), std::move(f)});
-            std::lock_guard lk(mu_);
-            const std::uint64_t id = r->meta.id;
-            if (r->meta.engine < 0) refused_[id] = true;
-            replies_[id].push_back(std::move(r));
-            if (auto w = waiting_.find(id); w != waiting_.end() && complete_locked(id, w->second)) cv_.notify_all();
+            file_reply(std::make_shared<reply>(reply{proto::decode<proto::engine_reply>(v), std::move(f)}));
         }
     } catch (const std::exception& e) {
         why = std::string("connection to the job lost: ") + e.what();
@@ -188,6 +203,25 @@ void connection::read_loop() {
         reason_ = why;
     }
     cv_.notify_all();
+}
+
+void connection::file_reply(reply_ptr r) {
+    const std::uint64_t id = r->meta.id;
+    const bool refused = r->meta.engine < 0;
+    {
+        // Every target has replied (or the request was refused): no engine reads the request's
+        // segment any more, so it may carry the next one.
+        std::lock_guard lk(pool_mu_);
+        if (auto it = busy_segments_.find(id); it != busy_segments_.end() && (refused || --it->second.remaining == 0)) {
+            free_segments_.push_back(std::move(it->second.seg));
+            busy_segments_.erase(it);
+            trim_pool_locked();
+        }
+    }
+    std::lock_guard lk(mu_);
+    if (refused) refused_[id] = true;
+    replies_[id].push_back(std::move(r));
+    if (auto w = waiting_.find(id); w != waiting_.end() && complete_locked(id, w->second)) cv_.notify_all();
 }
 
 bool connection::complete_locked(std::uint64_t id, std::size_t n) {
@@ -242,8 +276,12 @@ void connection::release(std::uint64_t id) {
     std::lock_guard lk(pool_mu_);
     auto it = busy_segments_.find(id);
     if (it == busy_segments_.end()) return;
-    free_segments_.push_back(std::move(it->second));
+    free_segments_.push_back(std::move(it->second.seg));
     busy_segments_.erase(it);
+    trim_pool_locked();
+}
+
+void connection::trim_pool_locked() {
     // Bound what the pool holds: at most 4 segments; the largest go first.
     while (free_segments_.size() > 4) {
         auto big = std::max_element(free_segments_.begin(), free_segments_.end(),

@@ -44,7 +44,8 @@ public:
 
     // Thread-safe; blocks until the frame is handed to the kernel (or to shared memory, when the
     // job is on this host and the frame is large). `id` is the request's id.
-    void send(std::uint64_t id, const protocol::outgoing_frame& f);
+    // `replies`: how many replies the request will get (its targets).
+    void send(std::uint64_t id, std::size_t replies, const protocol::outgoing_frame& f);
     // Whether the job shares this host (then large frames go by shared memory both ways).
     bool local() const { return local_; }
 
@@ -75,8 +76,14 @@ private:
     };
     std::mutex pool_mu_;
     std::vector<segment> free_segments_;
-    std::map<std::uint64_t, segment> busy_segments_;
+    struct busy {
+        segment seg;
+        std::size_t remaining;  // replies still to come
+    };
+    std::map<std::uint64_t, busy> busy_segments_;
     segment get_segment(std::uint64_t size);
+    void trim_pool_locked();
+    void file_reply(reply_ptr r);
     // Reply segments whose last Python reference died; handed back with the next send. Shared
     // with the buffers' release hooks, which may run after this connection is gone.
     struct returns {

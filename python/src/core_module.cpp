@@ -56,8 +56,9 @@ void send_as(connection& c, const T& msg_in, py::list bufs) {
     T msg = msg_in;
     if (c.local()) msg.r.flags |= proto::reply_by_shm;
     auto frame = proto::encode(msg, std::move(spans));
+    const std::size_t replies = msg.r.targets.empty() ? c.engines().size() : msg.r.targets.size();
     py::gil_scoped_release nogil;
-    c.send(msg.r.id, frame);
+    c.send(msg.r.id, replies, frame);
 }
 
 template <class T, class Cls>

@@ -751,3 +751,36 @@ def test_engine_process_dying_ends_job_without_hang(start_job):
         assert not j.path.exists(), j.describe()
     finally:
         c.close()
+
+
+# --------------------------------------------------------------------------- crafted layouts
+def test_request_with_empty_parts_does_not_harm_the_job(rc):
+    """A request whose every part has no buffers (legal, if odd) must be served, not crash rank 0."""
+    from pcluster import _core
+
+    for targets in ([], [1, 3], [2]):
+        msg = _core.execute_request()
+        msg.code = "empty_parts_ok = True"
+        msg.r.id = (rc._conn.client_no << 32) | (0xFFFF0000 + len(targets))
+        msg.r.targets = targets
+        n = len(targets) or len(IDS)
+        msg.r.part_bufs = [0] * n
+        rc._conn.send(msg, [])
+        assert rc._conn.wait(msg.r.id, n, 30)
+        replies = rc._conn.take(msg.r.id)
+        assert len(replies) == n and all(r.ok for r in replies)
+    assert_serving(rc)
+
+
+def test_layout_that_does_not_add_up_is_refused(rc):
+    from pcluster import _core
+
+    msg = _core.push_request()
+    msg.r.id = (rc._conn.client_no << 32) | 0xFFFF1000
+    msg.r.shared_bufs = 3  # but no buffers are sent
+    rc._conn.send(msg, [])
+    assert rc._conn.wait(msg.r.id, 4, 30)
+    (reply,) = rc._conn.take(msg.r.id)
+    assert reply.engine == -1 and not reply.ok
+    assert "buffers" in reply.evalue
+    assert_serving(rc)

@@ -28,7 +28,7 @@ template <> engine_reply sample() {
 template <> job_ended sample() { return job_ended{"shutdown requested"}; }
 template <> job_info sample() { return job_info{"vm-1", {sample_engine(0)}, "vm", 77}; }
 template <> shm_frame sample() { return shm_frame{0x0000000200000009ull, "/dev/shm/pcluster-c12x34-abcdef", 1 << 20, true}; }
-template <> shm_return sample() { return shm_return{{"/dev/shm/pcluster-s1-aa", "/dev/shm/pcluster-s1-bb"}}; }
+template <> shm_return sample() { return shm_return{{"/dev/shm/pcluster-s1-aa", "/dev/shm/pcluster-s1-bb"}, false}; }
 template <> bridge_ready sample() { return bridge_ready{"127.0.0.1", 40000, "/root/.pcluster/connection.json"}; }
 
 }  // namespace

@@ -76,13 +76,17 @@ struct challenge {
 };
 
 // mac = HMAC-SHA256(key, "pcluster-client" || challenge.nonce); client_nonce lets the client check
-// the bridge holds the key too.
+// the bridge holds the key too. shm_probe (may be empty) names a /dev/shm file the client made
+// holding shm_token: if the bridge, once the MAC is right, can read it there, the two share
+// /dev/shm (same host, same user, no container or tunnel in between) and large frames may use it.
 struct auth_request {
     bool operator==(const auth_request&) const = default;
     std::array<std::uint8_t, 32> mac{};
     std::array<std::uint8_t, 32> client_nonce{};
+    std::string shm_probe;
+    std::array<std::uint8_t, 32> shm_token{};
     template <class Archive>
-    void serialize(Archive& ar, std::uint32_t) { ar(mac, client_nonce); }
+    void serialize(Archive& ar, std::uint32_t) { ar(mac, client_nonce, shm_probe, shm_token); }
 };
 
 struct engine_info {
@@ -102,8 +106,9 @@ struct auth_reply {
     std::uint32_t client_no = 0;
     std::array<std::uint8_t, 32> mac{};
     std::vector<engine_info> engines;
+    bool shm_ok = false;  // the client's shm_probe was readable here
     template <class Archive>
-    void serialize(Archive& ar, std::uint32_t) { ar(ok, message, client_no, mac, engines); }
+    void serialize(Archive& ar, std::uint32_t) { ar(ok, message, client_no, mac, engines, shm_ok); }
 };
 
 // Runs `code` in each target's namespace.
@@ -245,12 +250,15 @@ struct shm_frame {
 };
 
 // Client -> controller: reply segments (shm_frame with keep) the client no longer uses; the
-// controller reuses them for later replies instead of faulting in fresh pages.
+// controller reuses them for later replies instead of faulting in fresh pages. The bridge sends
+// one with reuse = false for a client that disconnects holding segments: that process may still
+// map them, so the controller must forget them (unlink, unmap), never reuse them.
 struct shm_return {
     bool operator==(const shm_return&) const = default;
     std::vector<std::string> paths;
+    bool reuse = true;
     template <class Archive>
-    void serialize(Archive& ar, std::uint32_t) { ar(paths); }
+    void serialize(Archive& ar, std::uint32_t) { ar(paths, reuse); }
 };
 
 // Compile-time map from struct to its wire type.

@@ -2,13 +2,14 @@
 // Header-only; included only by the MPI programs.
 //
 // Two channels carry requests, each FIFO on its own:
-//   B (collective, communicator `bcast_comm`, root 0): requests for several engines. Per request
+//   B (collective, communicator `bcast_comm`, root 0): requests for every engine. Per request
 //     every engine takes part in, in this order: Ibcast(envelope, with the request inline when it
 //     is small), [Ibcast(blob: the request frame up to its parts) when it is not],
 //     [Iscatterv(parts) | point-to-point parts when they exceed int counts].
-//     Non-targets take part with empty contributions.
-//   P (point-to-point, communicator `p2p_comm`): requests for one engine. tag_p_head carries
-//     {bcast_before, frame_len}, tag_p_data the frame (in chunks of at most 1 GiB).
+//   P (point-to-point, communicator `p2p_comm`): requests for some engines, sent to each target:
+//     tag_p_head carries {bcast_before, blob_len, part_len, has_parts}, tag_p_data the blob and
+//     then the engine's own part (in chunks of at most 1 GiB). An engine that is not targeted is
+//     not involved at all - it may be busy running Python for another request.
 // Replies, from either channel, go point to point to rank 0 on `reply_comm` as soon as each
 // engine has one: a small frame whole (tag_reply_one); a large one as the lengths of its pieces
 // (tag_reply_parts: head, pickle stream, out-of-band buffers) followed by each piece on
@@ -89,9 +90,13 @@ inline std::size_t envelope_inline_offset(int n_engines) {
     return sizeof(envelope_head) + sizeof(envelope_slot) * static_cast<std::size_t>(n_engines);
 }
 
+// P request: blob (the frame up to its parts, or all of it) then, if has_parts, this engine's
+// part, both on tag_p_data.
 struct p_head {
     std::uint64_t bcast_before;
-    std::uint64_t frame_len;
+    std::uint64_t blob_len;
+    std::uint64_t part_len;
+    std::uint64_t has_parts;
 };
 
 // Whether the parts of a B request fit Iscatterv's int counts and displacements.

@@ -3,6 +3,7 @@
 // fills and the receiver maps. Only the small shm_frame reference crosses the sockets.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -32,6 +33,9 @@ std::shared_ptr<byte_buffer> take_shm(const shm_frame& ref);
 // Maps an existing segment read-write (one this process made and lent out, now returned).
 // Returns null if it is gone.
 std::shared_ptr<byte_buffer> reopen_shm(const std::string& path);
+
+// Whether the segment at `path` holds `token` in its first 32 bytes (and is ours, and regular).
+bool probe_matches(const std::string& path, const std::array<std::uint8_t, 32>& token);
 
 // Whether `path` has the form create_shm makes (checked before anything touches it).
 bool valid_shm_path(const std::string& path);
