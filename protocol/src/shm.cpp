@@ -52,22 +52,6 @@ shm_out create_shm(const std::string& owner, std::uint64_t size) {
     return {path, byte_buffer::adopt_mapping(static_cast<char*>(p), size)};
 }
 
-std::shared_ptr<byte_buffer> reopen_shm(const std::string& path) {
-    if (!valid_shm_path(path)) return nullptr;
-    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) return nullptr;
-    struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() || st.st_size <= 0) {
-        ::close(fd);
-        return nullptr;
-    }
-    void* p = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
-                     fd, 0);
-    ::close(fd);
-    if (p == MAP_FAILED) return nullptr;
-    return byte_buffer::adopt_mapping(static_cast<char*>(p), static_cast<std::size_t>(st.st_size));
-}
-
 bool probe_matches(const std::string& path, const std::array<std::uint8_t, 32>& token) {
     if (!valid_shm_path(path)) return false;
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);

@@ -26,13 +26,10 @@ struct shm_out {
 };
 shm_out create_shm(const std::string& owner, std::uint64_t size);
 
-// Maps the file named by `ref` and unlinks it. Checks the name's form and that the file is a
-// regular file of exactly ref.size bytes owned by this user. Throws frame_error / system_error.
+// Maps the first ref.size bytes of the file named by `ref`, unlinking it unless ref.keep (then
+// its owner reuses it). Checks the name's form, and that the file is a regular file of at least
+// ref.size bytes owned by this user. Throws frame_error / system_error.
 std::shared_ptr<byte_buffer> take_shm(const shm_frame& ref);
-
-// Maps an existing segment read-write (one this process made and lent out, now returned).
-// Returns null if it is gone.
-std::shared_ptr<byte_buffer> reopen_shm(const std::string& path);
 
 // Whether the segment at `path` holds `token` in its first 32 bytes (and is ours, and regular).
 bool probe_matches(const std::string& path, const std::array<std::uint8_t, 32>& token);

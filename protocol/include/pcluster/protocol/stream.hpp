@@ -31,7 +31,6 @@ public:
     // Throws frame_error for a bad frame and std::system_error for a socket error or an EOF
     // in the middle of a frame.
     status read(int fd, received_frame* out);
-    bool mid_frame() const { return have_ > 0; }
 
 private:
     std::uint64_t max_frame_;
@@ -49,7 +48,6 @@ public:
     // Writes as much as the fd takes; returns true when the queue is empty. Throws system_error.
     bool flush(int fd);
     bool empty() const { return queue_.empty(); }
-    std::size_t queued() const { return queue_.size(); }
 
 private:
     struct item {
