@@ -123,7 +123,7 @@ public:
                 if (fd == listen_fd_) accept_clients();
                 else if (fd == ctl_fd_) {
                     if (evs[i].events & EPOLLIN || evs[i].events & (EPOLLHUP | EPOLLERR)) {
-                        if (!read_controller()) return "the job ended";
+                        if (!read_controller()) return end_reason_;
                     }
                     if (evs[i].events & EPOLLOUT) flush_controller();
                 } else if (auto it = clients_.find(fd); it != clients_.end()) {
@@ -137,7 +137,7 @@ public:
                 listen_paused_until_.reset();
             }
         }
-        return "the job was terminated";
+        return "the bridge was terminated (SIGTERM)";
     }
 
     // Tells every client why the job ended and gives them a moment to read it.
@@ -317,6 +317,13 @@ private:
             }
             if (st == proto::frame_reader::status::again) return true;
             if (st == proto::frame_reader::status::closed) return false;
+            if (f.view().type() == static_cast<std::uint16_t>(proto::message_type::job_ended)) {
+                try {
+                    end_reason_ = proto::decode<proto::job_ended>(f.view()).reason;
+                } catch (const std::exception&) {
+                }
+                continue;  // the socket closes next
+            }
             std::uint64_t id = 0;
             std::string shm_path;
             try {
@@ -385,6 +392,8 @@ private:
     proto::frame_writer ctl_writer_;
     std::uint32_t next_client_no_ = 1;
     std::optional<proto::clock::time_point> listen_paused_until_;
+    // Why the job ended, as the controller said before closing; if it just vanished, this.
+    std::string end_reason_ = "the controller went away (the job was killed or crashed)";
 };
 
 int listen_on(const std::string& ip, int port, std::uint16_t* bound) {

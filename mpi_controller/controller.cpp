@@ -98,6 +98,7 @@ public:
             bool progress = false;
             if (detail::stop_requested && !stopping_) {
                 spdlog::warn("signal received: shutting the engines down");
+                end_reason_ = "the job was stopped by a signal (Ctrl-C or SIGTERM to mpirun)";
                 enqueue_internal_shutdown();
                 progress = true;
             }
@@ -120,6 +121,7 @@ public:
             ::ppoll(bridge_fd_ >= 0 ? &p : nullptr, bridge_fd_ >= 0 ? 1 : 0, &ts, nullptr);
         }
         if (bridge_fd_ >= 0) {
+            writer_.push(proto::encode(proto::job_ended{end_reason_}));
             int fl = fcntl(bridge_fd_, F_GETFL);
             fcntl(bridge_fd_, F_SETFL, fl & ~O_NONBLOCK);
             try {
@@ -233,6 +235,7 @@ private:
                                             " buffers, the frame has " + std::to_string(view.nbufs()));
             o.shutdown = view.type() == static_cast<std::uint16_t>(proto::message_type::shutdown_request);
             if (o.shutdown) {
+                end_reason_ = "a client shut the job down (rc.shutdown())";
                 if (o.targets.size() != static_cast<std::size_t>(n_))
                     throw std::invalid_argument("shutdown must target every engine");
                 stopping_ = true;
@@ -531,6 +534,7 @@ private:
     std::deque<op> queue_;
     std::list<inflight> inflight_;
     bool shutdown_issued_ = false;
+    std::string end_reason_ = "the job ended";
     int shutdown_replies_left_ = 0;
     std::vector<std::uint64_t> p2p_sent_;
     // Per engine, the requests awaiting its reply, in issue order.
