@@ -1,6 +1,7 @@
 """Engine side of every request; called by the C++ engine loop, one request at a time."""
 
 import __main__
+import functools
 import itertools
 import linecache
 import sys
@@ -52,11 +53,17 @@ def _bind(f):
 _cell = itertools.count(1)
 
 
-def _execute(msg, shared, part):
-    # A linecache entry per cell lets tracebacks quote the user's source lines.
+@functools.lru_cache(maxsize=256)
+def _compiled(code):
+    """Code objects of recently run cells: a loop that runs the same cell again skips the
+    compiler. A linecache entry per cell lets tracebacks quote the user's source lines."""
     name = f"<execute-{next(_cell)}>"
-    linecache.cache[name] = (len(msg.code), None, msg.code.splitlines(True), name)
-    exec(compile(msg.code, name, "exec"), _ns)
+    linecache.cache[name] = (len(code), None, code.splitlines(True), name)
+    return compile(code, name, "exec")
+
+
+def _execute(msg, shared, part):
+    exec(_compiled(msg.code), _ns)
     return None
 
 
