@@ -278,7 +278,7 @@ private:
 
     void forward(client& c, proto::received_frame f) {
         auto v = f.view();
-        if (v.type() == static_cast<std::uint16_t>(proto::message_type::shm_return)) {
+        if (proto::is(v, proto::message_type::shm_return)) {
             auto ret = proto::decode<proto::shm_return>(v);
             if (!ret.reuse) throw proto::frame_error("clients return segments for reuse only");
             for (const auto& p : ret.paths)
@@ -288,7 +288,7 @@ private:
             return;
         }
         std::uint64_t id;
-        if (v.type() == static_cast<std::uint16_t>(proto::message_type::shm_frame)) {
+        if (proto::is(v, proto::message_type::shm_frame)) {
             // The controller maps and checks the file itself; the bridge never touches user data.
             auto ref = proto::decode<proto::shm_frame>(v);
             if (!proto::valid_shm_path(ref.path) || ref.size > max_frame_)
@@ -317,7 +317,7 @@ private:
             }
             if (st == proto::frame_reader::status::again) return true;
             if (st == proto::frame_reader::status::closed) return false;
-            if (f.view().type() == static_cast<std::uint16_t>(proto::message_type::job_ended)) {
+            if (proto::is(f.view(), proto::message_type::job_ended)) {
                 try {
                     end_reason_ = proto::decode<proto::job_ended>(f.view()).reason;
                 } catch (const std::exception&) {
@@ -328,7 +328,7 @@ private:
             std::string shm_path;
             try {
                 auto v = f.view();
-                if (v.type() == static_cast<std::uint16_t>(proto::message_type::shm_frame)) {
+                if (proto::is(v, proto::message_type::shm_frame)) {
                     auto ref = proto::decode<proto::shm_frame>(v);
                     id = ref.id;
                     if (proto::valid_shm_path(ref.path)) shm_path = ref.path;

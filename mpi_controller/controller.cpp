@@ -193,7 +193,7 @@ private:
 
     // Validates a request from the bridge and queues it, or answers it with an error at once.
     void accept(proto::received_frame f) {
-        if (f.view().type() == static_cast<std::uint16_t>(proto::message_type::shm_return)) {
+        if (proto::is(f.view(), proto::message_type::shm_return)) {
             try {
                 take_back(proto::decode<proto::shm_return>(f.view()));
             } catch (const std::exception& e) {
@@ -203,7 +203,7 @@ private:
         }
         op o;
         try {
-            if (f.view().type() == static_cast<std::uint16_t>(proto::message_type::shm_frame)) {
+            if (proto::is(f.view(), proto::message_type::shm_frame)) {
                 auto ref = proto::decode<proto::shm_frame>(f.view());
                 o.r.id = ref.id;
                 f.bytes = proto::take_shm(ref);
@@ -233,7 +233,7 @@ private:
             if (bufs != view.nbufs())
                 throw std::invalid_argument("request layout names " + std::to_string(bufs) +
                                             " buffers, the frame has " + std::to_string(view.nbufs()));
-            o.shutdown = view.type() == static_cast<std::uint16_t>(proto::message_type::shutdown_request);
+            o.shutdown = proto::is(view, proto::message_type::shutdown_request);
             if (o.shutdown) {
                 end_reason_ = "a client shut the job down (rc.shutdown())";
                 if (o.targets.size() != static_cast<std::size_t>(n_))

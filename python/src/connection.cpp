@@ -161,11 +161,11 @@ void connection::read_loop() {
         for (;;) {
             auto f = proto::read_frame(fd_, std::nullopt);
             auto v = f.view();
-            if (v.type() == static_cast<std::uint16_t>(proto::message_type::job_ended)) {
+            if (proto::is(v, proto::message_type::job_ended)) {
                 why = "the job ended: " + proto::decode<proto::job_ended>(v).reason;
                 break;
             }
-            if (v.type() == static_cast<std::uint16_t>(proto::message_type::shm_frame)) {
+            if (proto::is(v, proto::message_type::shm_frame)) {
                 auto ref = proto::decode<proto::shm_frame>(v);
                 try {
                     f.bytes = proto::take_shm(ref);

@@ -115,14 +115,11 @@ py::tuple decode_request(py::object frame, py::object part, int engine_id) {
     return py::make_tuple(msg, views_of(frame, shared), views_of(part_owner, parts));
 }
 
+// The head (prefix, table, meta) of a reply frame whose buffers are `bufs`; the engine sends the
+// buffers themselves from where they are.
 py::bytes encode_reply(const proto::engine_reply& rep, py::list bufs) {
-    std::vector<std::uint64_t> lens;
-    for (auto b : bufs) {
-        auto info = py::reinterpret_borrow<py::buffer>(b).request();
-        lens.push_back(static_cast<std::uint64_t>(info.size * info.itemsize));
-    }
-    const std::string meta = proto::encode_meta(rep);
-    auto head = proto::make_head(static_cast<std::uint16_t>(proto::message_type::engine_reply), meta, lens);
+    std::vector<py::buffer_info> infos;
+    const auto head = proto::encode(rep, spans_of(bufs, infos)).head;
     return py::bytes(head.data(), head.size());
 }
 

@@ -41,6 +41,17 @@ def assert_serving(rc):
     assert rc[:].apply(whoami) == IDS
 
 
+def assert_serving_old_and_new(job, rc):
+    """The existing client still gets answers, and a new client can log in and get them too."""
+    assert_serving(rc)
+    assert_new_client_served(job)
+
+
+def assert_new_client_served(job):
+    with pcluster.Client(str(job.path)) as c:
+        assert_serving(c)
+
+
 # --------------------------------------------------------------------------- remote errors
 def test_remote_error_single_engine_execute(rc):
     code = "s_before = 1\ndef s_bad():\n    raise ValueError('boom 42')\ns_bad()\n"
@@ -275,8 +286,7 @@ def test_wrong_key(job, tmp_path):
         pcluster.Client(str(copy), timeout=10)
     assert isinstance(ei.value, PermissionError)
     assert str(copy) in str(ei.value)
-    with pcluster.Client(str(job.path)) as c:
-        assert_serving(c)
+    assert_new_client_served(job)
 
 
 def test_no_job(tmp_path):
@@ -451,9 +461,7 @@ def test_bridge_closes_bad_peer(job, rc, payload):
         assert_closed_by_peer(s)
     finally:
         s.close()
-    assert_serving(rc)
-    with pcluster.Client(str(job.path)) as c:
-        assert_serving(c)
+    assert_serving_old_and_new(job, rc)
 
 
 def test_bridge_closes_garbage_without_reading_challenge(job, rc):
@@ -477,9 +485,7 @@ def test_peer_dies_mid_message(job, rc):
     s = connect_raw(job)
     s.sendall(PREFIX.pack(MAGIC, VERSION, T_AUTH_REQUEST, 100, 0, 100) + b"x" * 10)
     s.close()
-    assert_serving(rc)
-    with pcluster.Client(str(job.path)) as c:
-        assert_serving(c)
+    assert_serving_old_and_new(job, rc)
 
 
 def test_stalled_peer_does_not_block_others(job, rc):
@@ -488,8 +494,7 @@ def test_stalled_peer_does_not_block_others(job, rc):
     try:
         read_challenge(s)
         s.sendall(PREFIX.pack(MAGIC, VERSION, T_AUTH_REQUEST, 100, 0, 100)[:10])
-        with pcluster.Client(str(job.path)) as c:
-            assert_serving(c)
+        assert_new_client_served(job)
         assert_serving(rc)
     finally:
         s.close()
@@ -619,8 +624,7 @@ def test_second_job_same_connection_file(job, start_job):
     # the first job is untouched
     assert job.running()
     assert job.path.read_text() == before
-    with pcluster.Client(str(job.path)) as c:
-        assert_serving(c)
+    assert_new_client_served(job)
 
 
 def test_port_in_use(job, start_job):

@@ -22,6 +22,9 @@ struct span_buf : std::streambuf {
 };
 }  // namespace detail
 
+// Whether a frame carries a message of type t.
+inline bool is(const frame_view& v, message_type t) { return v.type() == static_cast<std::uint16_t>(t); }
+
 template <class T>
 std::string encode_meta(const T& msg) {
     std::ostringstream os;
