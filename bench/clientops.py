@@ -158,3 +158,30 @@ def run_client_ops(rc, noop, args, results):
     big = (args.big_repeats, args.big_warmup)
     _push_pull_ops(run, dv, big)
     _scatter_gather_ops(run, dv, big)
+
+
+def _throughput(rc, noop, n):
+    """Seconds to submit n applies without blocking, one engine after the other, and have every
+    result back."""
+    views = [rc[i] for i in rc.ids[:N_ENGINES]]
+    for v in views:
+        v.block = False
+
+    def burst():
+        ars = [views[i % len(views)].apply(noop) for i in range(n)]
+        for ar in ars:
+            if ar.get(timeout=600) is not None:
+                raise AssertionError("apply(noop) returned something")
+
+    return burst
+
+
+def run_throughput(rc, noop, n, repeats, results, key="apply_burst"):
+    """results[key]: time of `n` non-blocking single-engine applies (round robin over the
+    engines) until all results are back, plus n itself and the rate in requests/s."""
+    run = _Runner(results)
+    run.measure(key, _throughput(rc, noop, n), (repeats, 1))
+    rec = results.get(key, {})
+    if "median_s" in rec:
+        rec["n"] = n
+        rec["rate_per_s"] = n / rec["median_s"]

@@ -16,7 +16,7 @@ import tempfile
 import time
 
 import benchlib as bl
-from clientops import run_client_ops
+from clientops import run_client_ops, run_throughput
 
 
 def noop():
@@ -124,6 +124,9 @@ def main():
         pids.update(cluster_pids(profile_dir))
 
         run_client_ops(rc, noop, args, results)
+        # ipyparallel manages a few hundred to a few thousand applies per second: fewer of them
+        # give its rate within the time limit.
+        run_throughput(rc, noop, 500 if args.quick else 2000, 1 if args.quick else 3, results)
         rc.close()
     except BaseException as exc:  # includes Deadline and SIGTERM's SystemExit: record, then clean up
         out["error"] = bl.error_text(exc)

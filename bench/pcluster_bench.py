@@ -15,7 +15,7 @@ import tempfile
 import time
 
 import benchlib as bl
-from clientops import run_client_ops
+from clientops import run_client_ops, run_throughput
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,6 +107,12 @@ def main():
         results["start_ready"] = bl.summarize([time.perf_counter() - t0], 0)
 
         run_client_ops(rc, noop, args, results)
+        n = 2000 if args.quick else 10000
+        reps = 1 if args.quick else 5
+        rc.capture_output = False
+        run_throughput(rc, noop, n, reps, results, "apply_burst_nocapture")
+        rc.capture_output = True
+        run_throughput(rc, noop, n, reps, results, "apply_burst")
 
         t_stop = time.perf_counter()
         rc.shutdown()

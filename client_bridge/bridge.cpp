@@ -226,9 +226,15 @@ private:
         clients_.erase(fd);
     }
 
+    // Requests read in one go reach the controller in one write.
     void read_client(client& c) {
+        read_client_frames(c);
+        if (!ctl_writer_.empty()) flush_controller();
+    }
+
+    void read_client_frames(client& c) {
         const int fd = c.fd;  // `c` dies with drop(); test clients_ by fd afterwards
-        for (int i = 0; i < 64; ++i) {
+        for (int i = 0; i < 64 || c.reader.buffered(); ++i) {
             proto::received_frame f;
             proto::frame_reader::status st;
             try {
@@ -265,7 +271,7 @@ private:
             return;
         }
         c.no = next_client_no_++;
-        c.reader = proto::frame_reader{max_frame_};
+        c.reader.set_max_frame(max_frame_);
         rep.ok = true;
         rep.client_no = c.no;
         rep.mac = proto::auth_mac(key_, proto::bridge_label, req.client_nonce);
@@ -284,7 +290,6 @@ private:
             for (const auto& p : ret.paths)
                 if (!c.lent_paths.erase(p)) throw proto::frame_error("returned segment " + p + " was not lent to it");
             ctl_writer_.push_raw(std::move(f.bytes));
-            flush_controller();
             return;
         }
         std::uint64_t id;
@@ -302,11 +307,17 @@ private:
             throw proto::frame_error("request id " + std::to_string(id) + " does not carry this client's number " +
                                      std::to_string(c.no));
         ctl_writer_.push_raw(std::move(f.bytes));
-        flush_controller();
     }
 
     bool read_controller() {
-        for (int i = 0; i < 256; ++i) {
+        std::vector<int> touched;
+        const bool alive = read_controller_frames(touched);
+        flush_touched(touched);
+        return alive;
+    }
+
+    bool read_controller_frames(std::vector<int>& touched) {
+        for (int i = 0; i < 256 || ctl_reader_.buffered(); ++i) {
             proto::received_frame f;
             proto::frame_reader::status st;
             try {
@@ -333,7 +344,7 @@ private:
                     id = ref.id;
                     if (proto::valid_shm_path(ref.path)) shm_path = ref.path;
                 } else {
-                    id = proto::decode<proto::engine_reply>(v).id;
+                    id = proto::reply_id(v);
                 }
             } catch (const std::exception& e) {
                 spdlog::error("unexpected frame from the controller: {}", e.what());
@@ -348,9 +359,15 @@ private:
             }
             if (!shm_path.empty()) it->second.lent_paths.insert(shm_path);
             it->second.writer.push_raw(std::move(f.bytes));
-            flush_client(it->second);
+            if (std::find(touched.begin(), touched.end(), it->first) == touched.end()) touched.push_back(it->first);
         }
         return true;
+    }
+
+    // Replies read in one go reach each client in one write.
+    void flush_touched(const std::vector<int>& touched) {
+        for (int fd : touched)
+            if (auto it = clients_.find(fd); it != clients_.end()) flush_client(it->second);
     }
 
     void flush_controller() {

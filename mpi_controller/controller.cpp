@@ -142,7 +142,7 @@ private:
     bool read_bridge() {
         if (bridge_fd_ < 0) return false;
         bool any = false;
-        for (int i = 0; i < 64; ++i) {
+        for (int i = 0; i < 64 || reader_.buffered(); ++i) {
             proto::received_frame f;
             proto::frame_reader::status st;
             try {
@@ -489,6 +489,10 @@ private:
             wire::check(MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, reply_, &flag, &msg, &st), "MPI_Improbe");
             if (!flag) return any;
             any = true;
+            if (st.MPI_TAG == wire::tag_output) {
+                forward_output(msg, st);
+                continue;
+            }
             auto& q = pending_[st.MPI_SOURCE - 1];
             const pending p = q.empty() ? pending{0, false, true, false} : q.front();
             if (!q.empty()) q.pop_front();
@@ -511,6 +515,23 @@ private:
             fl.then = std::move(then);
             inflight_.push_back(std::move(fl));
         }
+    }
+
+    // What a long request printed so far: straight on to the bridge. It was sent before the
+    // request's reply, so it also reaches the client before it.
+    void forward_output(MPI_Message& msg, const MPI_Status& st) {
+        int count = 0;
+        MPI_Get_count(&st, MPI_BYTE, &count);
+        auto bytes = std::make_shared<proto::byte_buffer>(static_cast<std::uint64_t>(std::max(count, 1)));
+        wire::check(MPI_Mrecv(bytes->data(), count, MPI_BYTE, &msg, MPI_STATUS_IGNORE), "MPI_Mrecv");
+        try {
+            proto::received_frame f{bytes};
+            if (!proto::is(f.view(), proto::message_type::output)) throw proto::frame_error("not an output frame");
+        } catch (const std::exception& e) {
+            spdlog::error("engine {} sent a bad output frame: {}", st.MPI_SOURCE - 1, e.what());
+            return;
+        }
+        if (bridge_fd_ >= 0) writer_.push_raw(std::move(bytes));
     }
 
     void flush_bridge() {

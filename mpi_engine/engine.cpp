@@ -6,12 +6,17 @@
 #include <boost/serialization/vector.hpp>
 
 #include <pybind11/embed.h>
+#include <pybind11/stl.h>
 
 #include <spdlog/spdlog.h>
 
+#include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 #include <optional>
+#include <thread>
 
 #include <unistd.h>
 
@@ -60,6 +65,127 @@ py::bytearray new_bytearray(std::uint64_t n) {
 
 char* data_of(const py::bytearray& b) { return PyByteArray_AsString(b.ptr()); }
 
+// What the running request prints, when its client asked for it (route_flags::capture_output).
+// Python's sys.stdout/sys.stderr write here (pcluster._kernel installs them). Once a request has
+// run for `stream_after`, a thread of its own sends what accumulated every `stream_every` as
+// protocol::output messages, so a client sees a long cell's prints while it runs, even while the
+// cell sits in C code holding the GIL. finish() hands the rest to the reply.
+//
+// Ordering: a chunk is taken from the buffer and sent under send_mu_, and finish() takes
+// send_mu_ first, so every output message of a request leaves before its reply.
+class output_capture {
+public:
+    output_capture(int engine, MPI_Comm reply_comm) : engine_(engine), comm_(reply_comm) {
+        stream_after_ = seconds_from_env("PCLUSTER_STREAM_AFTER", 0.5);
+        stream_every_ = seconds_from_env("PCLUSTER_STREAM_EVERY", 0.1);
+        thread_ = std::thread([this] { stream_loop(); });
+    }
+    ~output_capture() {
+        {
+            std::lock_guard lk(mu_);
+            stop_ = true;
+        }
+        cv_.notify_all();
+        thread_.join();
+    }
+
+    void begin(std::uint64_t id, bool capture) {
+        std::lock_guard send(send_mu_);
+        std::lock_guard lk(mu_);
+        id_ = id;
+        capturing_ = capture;
+        started_ = clock::now();
+        out_[0].clear();
+        out_[1].clear();
+        dropped_ = 0;
+    }
+
+    // False when no request captures: the caller writes to the real stream instead.
+    bool write(int stream, std::string_view text) {
+        std::lock_guard lk(mu_);
+        if (!capturing_) return false;
+        auto& b = out_[stream == 2 ? 1 : 0];
+        if (b.size() + text.size() > max_buffered) {
+            dropped_ += text.size();
+            return true;
+        }
+        b.append(text);
+        return true;
+    }
+
+    // Stops capturing; returns what was not streamed (stdout, stderr).
+    std::pair<std::string, std::string> finish() {
+        std::lock_guard send(send_mu_);
+        std::lock_guard lk(mu_);
+        capturing_ = false;
+        if (dropped_) {
+            out_[1] += "\n[pcluster: " + std::to_string(dropped_) + " bytes of output dropped: more than " +
+                       std::to_string(max_buffered >> 20) + " MiB were printed between two sends]\n";
+            dropped_ = 0;
+        }
+        return {std::exchange(out_[0], {}), std::exchange(out_[1], {})};
+    }
+
+private:
+    using clock = std::chrono::steady_clock;
+    static constexpr std::size_t max_buffered = std::size_t{64} << 20;
+    static constexpr std::size_t max_chunk = std::size_t{1} << 20;
+
+    static std::chrono::duration<double> seconds_from_env(const char* name, double dflt) {
+        const char* v = std::getenv(name);
+        return std::chrono::duration<double>(v ? std::atof(v) : dflt);
+    }
+
+    void stream_loop() {
+        std::unique_lock lk(mu_);
+        while (!stop_) {
+            cv_.wait_for(lk, stream_every_);
+            if (stop_) return;
+            if (!capturing_ || (out_[0].empty() && out_[1].empty()) || clock::now() - started_ < stream_after_) continue;
+            lk.unlock();
+            send_chunk();
+            lk.lock();
+        }
+    }
+
+    void send_chunk() {
+        std::lock_guard send(send_mu_);
+        protocol::output o;
+        {
+            std::lock_guard lk(mu_);
+            if (!capturing_) return;  // finish() came first: the reply carries it all
+            o.id = id_;
+            o.engine = engine_;
+            for (int k = 0; k < 2; ++k) {
+                auto& b = out_[k];
+                const std::size_t n = std::min(b.size(), max_chunk);
+                (k == 0 ? o.stdout_text : o.stderr_text).assign(b, 0, n);
+                b.erase(0, n);
+            }
+        }
+        const auto bytes = protocol::encode(o).flatten();
+        wire::check(MPI_Send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, 0, wire::tag_output, comm_),
+                    "MPI_Send");
+    }
+
+    const int engine_;
+    const MPI_Comm comm_;
+    std::chrono::duration<double> stream_after_, stream_every_;
+    std::mutex send_mu_;  // held while a chunk is taken and sent; see the class comment
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::uint64_t id_ = 0;
+    bool capturing_ = false;
+    bool stop_ = false;
+    clock::time_point started_{};
+    std::string out_[2];
+    std::size_t dropped_ = 0;
+    std::thread thread_;
+};
+
+// The capture of this process's engine, for the embedded module below.
+output_capture* current_capture = nullptr;
+
 class engine {
 public:
     // A reply frame as the kernel left it: head, pickle stream, out-of-band buffers, still owned
@@ -78,8 +204,12 @@ public:
         wire::check(MPI_Comm_dup(world, &p2p_), "MPI_Comm_dup");
         wire::check(MPI_Comm_dup(world, &reply_), "MPI_Comm_dup");
         env_.resize(wire::envelope_size(n_));
+        capture_.emplace(id_, reply_);
+        current_capture = &*capture_;
     }
     ~engine() {
+        current_capture = nullptr;
+        capture_.reset();
         MPI_Comm_free(&bcomm_);
         MPI_Comm_free(&p2p_);
         MPI_Comm_free(&reply_);
@@ -250,11 +380,28 @@ private:
     std::vector<char> env_;
     MPI_Request b_req_ = MPI_REQUEST_NULL, p_req_ = MPI_REQUEST_NULL;
     wire::p_head phead_{};
+    std::optional<output_capture> capture_;
     bool b_ready_ = false, p_ready_ = false, stop_ = false;
     std::uint64_t b_done_ = 0, p_done_ = 0;
 };
 
 }  // namespace detail
+
+// The engine's side of output capture, for pcluster._kernel (which also runs where no engine
+// is: then nothing is captured).
+PYBIND11_EMBEDDED_MODULE(_pcluster_engine, m) {
+    m.def("begin", [](std::uint64_t id, bool capture) {
+        if (detail::current_capture) detail::current_capture->begin(id, capture);
+    });
+    m.def("write", [](int stream, std::string_view text) {
+        return detail::current_capture && detail::current_capture->write(stream, text);
+    });
+    m.def("finish", []() -> std::pair<std::string, std::string> {
+        if (!detail::current_capture) return {};
+        py::gil_scoped_release nogil;  // may wait for a chunk being sent
+        return detail::current_capture->finish();
+    });
+}
 
 int run(MPI_Comm world) {
     namespace mpi = boost::mpi;

@@ -118,6 +118,7 @@ const char* type_name(std::uint16_t type) {
     case message_type::shutdown_request: return "shutdown_request";
     case message_type::engine_reply: return "engine_reply";
     case message_type::job_ended: return "job_ended";
+    case message_type::output: return "output";
     case message_type::shm_frame: return "shm_frame";
     case message_type::shm_return: return "shm_return";
     case message_type::job_info: return "job_info";
@@ -136,6 +137,16 @@ route decode_route(const frame_view& f) {
     if (!found)
         throw frame_error(std::string("expected a request frame, got ") + type_name(f.type()));
     return r;
+}
+
+}  // namespace pcluster::protocol
+
+namespace pcluster::protocol {
+
+std::uint64_t reply_id(const frame_view& f) {
+    // cereal puts the class version ahead of the fields, so the id is read by a full decode.
+    if (is(f, message_type::output)) return decode<output>(f).id;
+    return decode<engine_reply>(f).id;
 }
 
 }  // namespace pcluster::protocol

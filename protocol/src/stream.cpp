@@ -18,19 +18,63 @@ namespace {
 constexpr int max_iov = 64;
 }  // namespace
 
-frame_reader::status frame_reader::read(int fd, received_frame* out) {
-    for (;;) {
-        char* dst;
-        std::uint64_t want;
+void frame_reader::finish(received_frame* out) {
+    out->bytes = std::move(body_);
+    out->view();  // validates the table against the body
+    body_.reset();
+    have_ = 0;
+    need_ = prefix_size;
+}
+
+bool frame_reader::consume_staged(received_frame* out) {
+    while (staged_pos_ < staged_len_) {
+        const std::size_t avail = staged_len_ - staged_pos_;
+        const char* src = stage_.data() + staged_pos_;
         if (have_ < prefix_size) {
-            dst = prefix_buf_ + have_;
-            want = prefix_size - have_;
+            const std::size_t n = std::min<std::size_t>(prefix_size - have_, avail);
+            std::memcpy(prefix_buf_ + have_, src, n);
+            have_ += n;
+            staged_pos_ += n;
+            if (have_ == prefix_size) {
+                frame_prefix p;
+                std::memcpy(&p, prefix_buf_, prefix_size);
+                check_prefix(p, max_frame_);
+                need_ = frame_size(p);
+                body_ = std::make_shared<byte_buffer>(need_);
+                std::memcpy(body_->data(), prefix_buf_, prefix_size);
+            }
         } else {
-            dst = body_->data() + have_;
-            want = need_ - have_;
+            const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(need_ - have_, avail));
+            std::memcpy(body_->data() + have_, src, n);
+            have_ += n;
+            staged_pos_ += n;
         }
-        // Cap single reads so one huge frame does not starve other connections of the loop.
-        const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(want, 64u << 20));
+        if (body_ && have_ == need_) {
+            finish(out);
+            return true;
+        }
+    }
+    return false;
+}
+
+frame_reader::status frame_reader::read(int fd, received_frame* out) {
+    // A short recv in this call means the socket had no more: no second recv to learn it.
+    bool drained = false;
+    for (;;) {
+        if (staged_pos_ < staged_len_ && consume_staged(out)) return status::frame;
+        if (drained) return status::again;
+        const bool direct = body_ && need_ - have_ >= stage_size;
+        char* dst;
+        std::size_t chunk;
+        if (direct) {
+            dst = body_->data() + have_;
+            // Cap single reads so one huge frame does not starve other connections of the loop.
+            chunk = static_cast<std::size_t>(std::min<std::uint64_t>(need_ - have_, 64u << 20));
+        } else {
+            if (stage_.empty()) stage_.resize(stage_size);
+            dst = stage_.data();
+            chunk = stage_size;
+        }
         ssize_t n = ::recv(fd, dst, chunk, 0);
         if (n < 0) {
             if (errno == EINTR) continue;
@@ -42,24 +86,17 @@ frame_reader::status frame_reader::read(int fd, received_frame* out) {
             throw std::system_error(ECONNRESET, std::generic_category(),
                                     "peer closed the connection in the middle of a frame");
         }
-        have_ += static_cast<std::uint64_t>(n);
-        if (have_ == prefix_size && !body_) {
-            frame_prefix p;
-            std::memcpy(&p, prefix_buf_, prefix_size);
-            check_prefix(p, max_frame_);
-            need_ = frame_size(p);
-            body_ = std::make_shared<byte_buffer>(need_);
-            std::memcpy(body_->data(), prefix_buf_, prefix_size);
+        drained = static_cast<std::size_t>(n) < chunk;
+        if (direct) {
+            have_ += static_cast<std::uint64_t>(n);
+            if (have_ == need_) {
+                finish(out);
+                return status::frame;
+            }
+        } else {
+            staged_pos_ = 0;
+            staged_len_ = static_cast<std::size_t>(n);
         }
-        if (body_ && have_ == need_) {
-            out->bytes = std::move(body_);
-            out->view();  // validates the table against the body
-            body_.reset();
-            have_ = 0;
-            need_ = prefix_size;
-            return status::frame;
-        }
-        if (static_cast<std::uint64_t>(n) < chunk) return status::again;
     }
 }
 

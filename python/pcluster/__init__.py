@@ -14,6 +14,13 @@ from .view import DirectView
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(ipython):
+    """%load_ext pcluster: %px and friends, on every engine of the newest Client."""
+    from . import magics
+
+    magics.load(ipython)
+
 __all__ = [
     "AsyncResult",
     "AuthenticationError",

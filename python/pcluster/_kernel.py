@@ -1,7 +1,9 @@
 """Engine side of every request; called by the C++ engine loop, one request at a time."""
 
 import __main__
+import ast
 import functools
+import io
 import itertools
 import linecache
 import sys
@@ -11,17 +13,66 @@ import types
 
 from . import _core, engine, serialize
 
+try:
+    import _pcluster_engine as _capture  # built into the engine program
+except ImportError:  # imported outside an engine (docs, tests of this module)
+    _capture = None
+
 _ns = __main__.__dict__
 _id = -1
+_CAPTURE = _core.capture_output
+
+
+class _CapturedStream(io.TextIOBase):
+    """sys.stdout / sys.stderr of an engine: while a request captures its output, what it
+    prints goes to the engine's capture (sent back with the reply, streamed while a long request
+    runs); otherwise to the engine's own stream (mpirun's terminal)."""
+
+    def __init__(self, stream_no, real):
+        self._no = stream_no
+        self._real = real
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+    @property
+    def name(self):
+        return "<stdout>" if self._no == 1 else "<stderr>"
+
+    def writable(self):
+        return True
+
+    def isatty(self):
+        return False
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if not _capture.write(self._no, s):
+            self._real.write(s)
+        return len(s)
+
+    def flush(self):
+        try:
+            self._real.flush()
+        except Exception:
+            pass
+
+
+_stdout = _stderr = None
 
 
 def start(engine_id, num_engines, comm_handle):
-    global _id
+    global _id, _stdout, _stderr
     _id = engine_id
     engine.engine_id = engine_id
     engine.num_engines = num_engines
     engine._comm_handle = comm_handle
     _ns.setdefault("__builtins__", __builtins__)
+    if _capture is not None:
+        _stdout = _CapturedStream(1, sys.__stdout__)
+        _stderr = _CapturedStream(2, sys.__stderr__)
 
 
 def _lookup(name):
@@ -62,9 +113,35 @@ def _compiled(code):
     return compile(code, name, "exec")
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled_interactive(code):
+    """(statements, final expression or None): a cell whose last statement is an expression
+    shows that expression's value, as IPython's Out[...]."""
+    name = f"<execute-{next(_cell)}>"
+    linecache.cache[name] = (len(code), None, code.splitlines(True), name)
+    tree = ast.parse(code, name, "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = compile(ast.Expression(tree.body.pop().value), name, "eval")
+    return compile(tree, name, "exec"), last
+
+
 def _execute(msg, shared, part):
-    exec(_compiled(msg.code), _ns)
+    if msg.silent:
+        exec(_compiled(msg.code), _ns)
+        return None
+    body, last = _compiled_interactive(msg.code)
+    exec(body, _ns)
+    if last is not None:
+        value = eval(last, _ns)
+        if value is not None:
+            _ns["_"] = value
+            return _ExecuteResult(repr(value))
     return None
+
+
+class _ExecuteResult(str):
+    """The repr of a cell's final expression: goes in the reply's execute_result."""
 
 
 def _push(msg, shared, part):
@@ -78,9 +155,28 @@ def _pull(msg, shared, part):
     return [_lookup(n) for n in msg.names]
 
 
+_functions = {}  # cloudpickle bytes -> function, oldest first
+
+
+def _function(fbytes):
+    """The function a client sent (cloudpickle bytes). A function without a closure is unpickled
+    once per distinct bytes (up to 128 kept): a loop of small applies skips re-creating it. One
+    with a closure is unpickled every time, so its cells start fresh on each call."""
+    f = _functions.get(fbytes)
+    if f is not None:
+        return f
+    f = serialize.loads([fbytes])
+    if isinstance(f, types.FunctionType) and f.__closure__ is None:
+        if len(_functions) >= 128:
+            del _functions[next(iter(_functions))]
+        _functions[fbytes] = f
+    return f
+
+
 def _apply(msg, shared, part):
-    f, args, kwargs = serialize.loads(shared)
-    return _bind(f)(*args, **kwargs)
+    fbytes, args, kwargs = serialize.loads(shared)
+    f = _bind(_function(fbytes))
+    return f(*args, **kwargs) if kwargs else f(*args)
 
 
 def _scatter(msg, shared, part):
@@ -96,7 +192,8 @@ def _gather(msg, shared, part):
 
 
 def _map(msg, shared, part):
-    f = _bind(serialize.loads(shared))
+    fbytes, _, _ = serialize.loads(shared)
+    f = _bind(_function(fbytes))
     return [f(*args) for args in serialize.loads(part)]
 
 
@@ -149,10 +246,20 @@ def handle(frame, part):
     rep.engine = _id
     rep.started = time.time()
     bufs = []
+    capturing = False
     try:
         msg, shared, parts = _core.decode_request(frame, part, _id)
         rep.id = msg.r.id
+        if _capture is not None:
+            capturing = bool(msg.r.flags & _CAPTURE)
+            _capture.begin(rep.id, capturing)
+            if capturing:
+                sys.stdout, sys.stderr = _stdout, _stderr
         result = _handlers[type(msg)](msg, shared, parts)
+        if type(result) is _ExecuteResult:
+            rep.execute_result = str(result)
+            rep.has_execute_result = True
+            result = None
         try:
             bufs = serialize.dumps(result)
         except Exception as e:
@@ -169,5 +276,7 @@ def handle(frame, part):
             rep.traceback = [f"{rep.ename}: {rep.evalue}\n"]
     finally:
         _flush_streams()
+        if capturing:
+            rep.stdout_text, rep.stderr_text = _capture.finish()
     rep.completed = time.time()
     return [_core.encode_reply(rep, bufs)] + bufs

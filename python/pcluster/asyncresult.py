@@ -1,11 +1,28 @@
-"""AsyncResult: the pending result of a request, a concurrent.futures.Future."""
+"""AsyncResult: the pending result of a request, a concurrent.futures.Future.
 
+One I/O path serves blocking calls, non-blocking calls and ``await``. The connection's reader
+thread (C++, no GIL) files replies; a request nobody is blocked on is resolved by the client's
+result thread as soon as its last reply is in, so callbacks run, ``concurrent.futures.wait``
+returns and ``await`` wakes without polling. A thread blocked in get() takes its own replies
+straight from the reader (one wake-up), which is also why blocking is safe inside a running
+asyncio loop or a GUI main thread: nothing it waits for runs on the thread it blocks.
+"""
+
+import asyncio
 import concurrent.futures
 import threading
 import time
 
-from . import serialize
+from . import _progress, serialize
 from .error import CompositeError, JobEndedError, RemoteError
+
+# Blocking waits on several engines show a progress bar once they take this long (interactive
+# sessions only).
+PROGRESS_AFTER = 2.0
+
+# Guards every result's output record (rarely contended: output is small and infrequent next to
+# results, and one lock saves one per request).
+_out_lock = threading.Lock()
 
 
 def _timeout_arg(timeout):
@@ -13,15 +30,23 @@ def _timeout_arg(timeout):
     return None if timeout is None or timeout < 0 else timeout
 
 
+def _flatten(parts):
+    out = []
+    for p in parts:
+        out.extend(p)
+    return out
+
+
 class AsyncResult(concurrent.futures.Future):
     """Result of a request to one or more engines.
 
-    Replies arrive on the client's connection thread; get()/wait()/ready() collect them. For a
-    request to one engine (rc[0]) the result is that engine's value, otherwise a list in target
-    order. Remote exceptions are raised as RemoteError (one engine) or CompositeError.
+    For a request to one engine (rc[0]) the result is that engine's value, otherwise a list in
+    target order (map: the mapped values in order). Remote exceptions are raised as RemoteError
+    (one engine) or CompositeError. Awaitable; ``for x in ar`` yields results as they arrive,
+    in order.
     """
 
-    def __init__(self, client, msg_id, targets, method, single=False, post=None):
+    def __init__(self, client, msg_id, targets, method, single=False, post=None, flat=False):
         super().__init__()
         self._client = client
         self.msg_id = msg_id
@@ -29,68 +54,67 @@ class AsyncResult(concurrent.futures.Future):
         self._method = method
         self._single = single
         self._post = post
-        self._metadata = []
-        self._fetch_lock = threading.Lock()
+        self._flat = flat  # each engine's value is a list of items (map): iterate items
+        self._submitted = time.time()
+        self._received = None
+        self._replies = {}  # engine -> reply, once complete
+        self._out = {}  # engine -> [stdout, stderr]
+        self._out_log = []  # (engine, stream name, text) in arrival order, for live printing
+        self._out_seen = 0
 
     def __repr__(self):
         state = "finished" if self.done() else "pending"
         return f"<AsyncResult({self._method}): {state}>"
 
-    # --- collecting replies ---
-    def _fetch(self, timeout):
-        """Collects the replies, waiting up to timeout (None: no limit); True once done. One
-        thread at a time takes the replies off the connection; others wait for it to finish."""
-        t = _timeout_arg(timeout)
-        deadline = None if t is None else time.monotonic() + t
-        while not self.done():
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if self._fetch_lock.acquire(blocking=False):
-                try:
-                    self._fetch_locked(left)
-                finally:
-                    self._fetch_lock.release()
-                return self.done()
-            if left == 0:
-                return False
-            concurrent.futures.wait([self], timeout=0.1 if left is None else min(0.1, left))
-        return True
+    # --- resolution (one owner: whoever took the outcome off the connection) ---
+    def _absorb_output(self, chunks):
+        with _out_lock:
+            for engine, out, err in chunks:
+                slot = self._out.setdefault(engine, ["", ""])
+                if out:
+                    slot[0] += out
+                    self._out_log.append((engine, "stdout", out))
+                if err:
+                    slot[1] += err
+                    self._out_log.append((engine, "stderr", err))
 
-    def _fetch_locked(self, timeout):
-        if self.done():
-            return
-        conn = self._client._conn
-        if conn.wait(self.msg_id, len(self._targets), timeout):
-            self._resolve(conn.take(self.msg_id))
-            conn.release(self.msg_id)
-        elif conn.closed:
-            self.set_exception(JobEndedError(conn.close_reason))
-        if self.done():
-            self._client._outstanding.discard(self)
+    def _settle(self, outcome):
+        replies, chunks = outcome
+        self._received = time.time()
+        if chunks:
+            self._absorb_output(chunks)
+        final = [(r.engine, r.stdout, r.stderr) for r in replies if r.engine >= 0]
+        if any(out or err for _, out, err in final):
+            self._absorb_output(final)
+        try:
+            self._resolve(replies)
+        finally:
+            self._client._conn.release(self.msg_id)
+            self._client._forget(self.msg_id)
+
+    def _fail(self, exc):
+        try:
+            self.set_exception(exc)
+        except concurrent.futures.InvalidStateError:
+            pass
+        self._client._forget(self.msg_id)
 
     def _resolve(self, replies):
         refused = [r for r in replies if r.engine < 0]
         if refused:
             r = refused[0]
-            self.set_exception(RemoteError(r.ename, r.evalue, "", {"engine_id": "controller", "method": self._method}))
+            self._fail(RemoteError(r.ename, r.evalue, "", {"engine_id": "controller", "method": self._method}))
             return
-        by_engine = {r.engine: r for r in replies}
-        ordered = [by_engine[t] for t in self._targets]
-        self._metadata = [
-            {"engine_id": r.engine, "started": r.started, "completed": r.completed, "status": "ok" if r.ok else "error"}
-            for r in ordered
-        ]
-        errors = [
-            RemoteError(r.ename, r.evalue, "".join(r.traceback), {"engine_id": r.engine, "method": self._method})
-            for r in ordered
-            if not r.ok
-        ]
+        self._replies = {r.engine: r for r in replies}
+        ordered = [self._replies[t] for t in self._targets]
+        errors = [self._error_of(r) for r in ordered if not r.ok]
         if errors:
             if self._single:
-                self.set_exception(errors[0])
+                self._fail(errors[0])
             else:
                 n = len(ordered)
                 msg = f"one or more exceptions raised in {self._method} on {len(errors)} of {n} engine(s)"
-                self.set_exception(CompositeError(msg, errors))
+                self._fail(CompositeError(msg, errors))
             return
         try:
             values = [serialize.loads(r.buffers()) for r in ordered]
@@ -99,22 +123,59 @@ class AsyncResult(concurrent.futures.Future):
             elif self._single:
                 values = values[0]
         except BaseException as e:  # a result that cannot be unpickled here is this request's error
-            self.set_exception(e)
+            self._fail(e)
             return
-        self.set_result(values)
+        try:
+            self.set_result(values)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+    def _error_of(self, r):
+        return RemoteError(r.ename, r.evalue, "".join(r.traceback), {"engine_id": r.engine, "method": self._method})
+
+    def _collect(self, timeout):
+        """Waits up to timeout (None: no limit) for the outcome; True once done."""
+        if self.done():
+            return True
+        conn = self._client._conn
+        deadline = None if timeout is None else time.monotonic() + timeout
+        outcome = conn.wait_take(self.msg_id, timeout)
+        if outcome is not None:
+            self._settle(outcome)
+            return True
+        if self.done():
+            return True
+        if conn.closed and conn.abandon(self.msg_id):
+            self._fail(JobEndedError(conn.close_reason))
+            return True
+        if conn.closed and conn.pending(self.msg_id):
+            return self._collect(0)  # complete after all: take it
+        if not conn.pending(self.msg_id):
+            # Another thread (the result thread) took it and is resolving it right now.
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            concurrent.futures.wait([self], timeout=left)
+        return self.done()
+
+    def _blocking_wait(self, timeout):
+        """_collect, with a progress bar when a multi-engine wait runs long interactively."""
+        if timeout is not None or len(self._targets) < 2 or not _progress.enabled():
+            return self._collect(timeout)
+        if self._collect(PROGRESS_AFTER):
+            return True
+        return self.wait_interactive(return_value=True)
 
     # --- ipyparallel's AsyncResult interface ---
     def ready(self):
         """Whether every reply is in (never blocks)."""
-        return self._fetch(0)
+        return self._collect(0)
 
     def wait(self, timeout=-1):
         """Wait up to timeout seconds (-1/None: no limit); returns ready()."""
-        return self._fetch(timeout)
+        return self._collect(_timeout_arg(timeout))
 
     def get(self, timeout=-1):
         """The result; raises TimeoutError if it is not ready within timeout seconds."""
-        if not self._fetch(timeout):
+        if not self._blocking_wait(_timeout_arg(timeout)):
             raise TimeoutError(f"result of {self._method} not ready after {timeout} s (the work goes on; call get() again)")
         return super().result(0)
 
@@ -122,9 +183,13 @@ class AsyncResult(concurrent.futures.Future):
         return self.get(timeout)
 
     def exception(self, timeout=None):
-        if not self._fetch(timeout):
+        if not self._collect(_timeout_arg(timeout)):
             raise TimeoutError(f"result of {self._method} not ready after {timeout} s")
         return super().exception(0)
+
+    def cancel(self):
+        """A sent request cannot be withdrawn here: always False (the work goes on)."""
+        return False
 
     @property
     def r(self):
@@ -142,18 +207,173 @@ class AsyncResult(concurrent.futures.Future):
         res = self.get(timeout)
         if self._single:
             res = [res]
-        if len(res) != len(self._targets):
+        if self._flat or len(res) != len(self._targets):
             raise ValueError("this result is not one value per engine")
         return dict(zip(self._targets, res))
 
-    @property
-    def metadata(self):
-        self.ready()
-        return self._metadata
+    def __await__(self):
+        return asyncio.wrap_future(self).__await__()
 
-    @property
-    def engine_id(self):
-        return self._targets[0] if self._single else list(self._targets)
+    def __getitem__(self, key):
+        """ar[i]: the i-th result (waits); ar['stdout'] etc.: that metadata field per engine."""
+        if isinstance(key, str):
+            md = self.metadata
+            return md[key] if self._single else [m[key] for m in md]
+        res = self.get()
+        if self._single:
+            raise TypeError("a single-engine result is not indexed; use ar.get()")
+        return res[key]
+
+    def __iter__(self):
+        """Results in order as they arrive: one per engine, or each mapped value (map)."""
+        if self._single or (self._post is not None and not self._flat):
+            yield from self.get()
+            return
+        conn = self._client._conn
+        got = {}
+        yielded = 0
+        for t in self._targets:
+            while t not in got and not self.done():
+                reps = conn.wait_count(self.msg_id, len(got) + 1, 0.1)
+                for r in reps:
+                    got.setdefault(r.engine, r)
+                if not reps and not conn.pending(self.msg_id):
+                    self._collect(None)  # taken by the result thread: wait for it to settle
+                if self.done():
+                    break
+            if self.done():
+                break
+            r = got[t]
+            if r.engine < 0:
+                break  # refused: get() below raises
+            if not r.ok:
+                raise self._error_of(r)
+            value = serialize.loads(r.buffers())
+            items = value if self._flat else [value]
+            yield from items
+            yielded += len(items)
+        res = self.get()
+        if yielded < len(res):
+            yield from res[yielded:]
 
     def __len__(self):
         return len(self._targets)
+
+    # --- timing and metadata ---
+    def _pull_output(self):
+        if not self.done():
+            self._absorb_output(self._client._conn.take_output(self.msg_id))
+
+    @property
+    def metadata(self):
+        """Per engine (a dict for one engine, else a list in target order): engine_id, status,
+        submitted/started/completed/received (epoch seconds), stdout, stderr, execute_result."""
+        self.ready()
+        self._pull_output()
+        mds = []
+        for t in self._targets:
+            r = self._replies.get(t)
+            md = {
+                "engine_id": t,
+                "method": self._method,
+                "msg_id": self.msg_id,
+                "submitted": self._submitted,
+                "started": r.started if r else None,
+                "completed": r.completed if r else None,
+                "received": self._received if r else None,
+                "status": ("ok" if r.ok else "error") if r else "pending",
+                "stdout": self._out.get(t, ["", ""])[0],
+                "stderr": self._out.get(t, ["", ""])[1],
+                "execute_result": r.execute_result if r else None,
+                "error": self._error_of(r) if r and not r.ok else None,
+            }
+            mds.append(md)
+        return mds[0] if self._single else mds
+
+    def _per_engine(self, k):
+        self._pull_output()
+        with _out_lock:
+            vals = [self._out.get(t, ["", ""])[k] for t in self._targets]
+        return vals[0] if self._single else vals
+
+    @property
+    def stdout(self):
+        """What the request printed to stdout, per engine (a str for one engine); while it runs,
+        what has been streamed so far."""
+        return self._per_engine(0)
+
+    @property
+    def stderr(self):
+        return self._per_engine(1)
+
+    @property
+    def execute_result(self):
+        """execute(..., silent=False): repr of each engine's final expression (None if none)."""
+        self.wait()
+        vals = [self._replies[t].execute_result if t in self._replies else None for t in self._targets]
+        return vals[0] if self._single else vals
+
+    def _new_output(self):
+        """(engine, stream, text) chunks not returned before: for live printing."""
+        self._pull_output()
+        with _out_lock:
+            new = self._out_log[self._out_seen:]
+            self._out_seen = len(self._out_log)
+        return new
+
+    @property
+    def elapsed(self):
+        """Seconds from submission until the last reply arrived (until now while pending)."""
+        end = self._received if self.done() and self._received else time.time()
+        return end - self._submitted
+
+    @property
+    def wall_time(self):
+        """Seconds from the first engine starting to the last finishing."""
+        self.wait()
+        rs = list(self._replies.values())
+        return max(r.completed for r in rs) - min(r.started for r in rs) if rs else 0.0
+
+    @property
+    def serial_time(self):
+        """Sum of the engines' run times."""
+        self.wait()
+        return sum(r.completed - r.started for r in self._replies.values())
+
+    @property
+    def progress(self):
+        """How many engines have replied."""
+        if self.done():
+            return len(self._targets)
+        return len(self._client._conn.wait_count(self.msg_id, 0, 0))
+
+    def display_outputs(self, groupby="engine"):
+        """Prints what each engine printed, labelled [stdout:3] as %px does."""
+        self.wait()
+        from .display import print_stream
+
+        for t in self._targets:
+            out, err = self._out.get(t, ["", ""])
+            print_stream("stdout", t, out)
+            print_stream("stderr", t, err)
+
+    def wait_interactive(self, interval=0.1, timeout=-1, return_value=False):
+        """Waits with a progress bar (tqdm; a widget in Jupyter when ipywidgets is there) of
+        engines done; PCLUSTER_NONINTERACTIVE=1 turns the bar off."""
+        t = _timeout_arg(timeout)
+        deadline = None if t is None else time.monotonic() + t
+        total = len(self._targets)
+        with _progress.bar(total, self._method) as bar:
+            while not self.done():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                step = interval if left is None else min(interval, left)
+                if self._collect(step):
+                    break
+                bar.update_to(self.progress)
+            bar.update_to(total if self.done() else self.progress)
+        if return_value:
+            return self.done()
+        if not self.done():
+            raise TimeoutError(f"result of {self._method} not ready after {timeout} s")

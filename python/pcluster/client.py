@@ -45,6 +45,15 @@ def _read_connection_file(path, timeout):
 # Clients still open at interpreter exit are closed then: their reader threads stop and their
 # shared-memory segments are removed.
 _open_clients = weakref.WeakSet()
+_newest = None  # weakref to the newest Client, for the magics
+
+
+def newest_client():
+    """The most recently created Client that is still open, or None."""
+    rc = _newest() if _newest is not None else None
+    if rc is not None and rc._conn.closed:
+        return None
+    return rc
 
 
 @atexit.register
@@ -101,17 +110,24 @@ class Client:
                 f"start one with `mpirun -n 5 pcluster`."
             ) from None
         _open_clients.add(self)
+        global _newest
+        _newest = weakref.ref(self)
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
         self._engines = {e.id: e for e in self._conn.engines}
+        self._ids = sorted(self._engines)
         self.block = True
-        self._outstanding = set()  # AsyncResults not yet collected, for rc.wait()
+        # What requests print on the engines comes back with their results (ar.stdout, %px).
+        self.capture_output = True
+        self._pending = {}  # msg_id -> AsyncResult, until resolved
+        self._results = threading.Thread(target=self._results_loop, name="pcluster-results", daemon=True)
+        self._results.start()
 
     # --- engines ---
     @property
     def ids(self):
         """Engine ids, 0..N-1 (engine k is MPI rank k+1)."""
-        return sorted(self._engines)
+        return list(self._ids)
 
     def __len__(self):
         return len(self._engines)
@@ -121,16 +137,16 @@ class Client:
 
     def _check_id(self, i):
         if i not in self._engines:
-            raise IndexError(f"no engine {i}: this job has engines {self.ids[0]}..{self.ids[-1]}")
+            raise IndexError(f"no engine {i}: this job has engines {self._ids[0]}..{self._ids[-1]}")
         return i
 
     def _resolve(self, targets):
         if targets is None or targets == "all":
-            return self.ids
+            return list(self._ids)
         if isinstance(targets, numbers.Integral):
             return [self._check_id(int(targets))]
         if isinstance(targets, slice):
-            ids = self.ids[targets]
+            ids = self._ids[targets]
         else:
             ids = [self._check_id(int(t)) for t in targets]
         if not ids:
@@ -149,45 +165,95 @@ class Client:
         return DirectView(self, self._resolve(targets))
 
     # --- requests ---
-    def _submit(self, msg, bufs, ids, method, single=False, post=None):
+    def _submit(self, msg, bufs, ids, method, single=False, post=None, block=False, flat=False):
         with self._lock:
             msg_id = (self._conn.client_no << 32) | next(self._seq)
         msg.r.id = msg_id
-        msg.r.targets = [] if ids == self.ids else ids
+        msg.r.targets = [] if len(ids) == len(self._ids) and ids == self._ids else ids
+        if self.capture_output:
+            msg.r.flags |= _core.capture_output
+        ar = AsyncResult(self, msg_id, ids, method, single, post, flat)
+        self._pending[msg_id] = ar
         try:
-            self._conn.send(msg, bufs)
+            self._conn.send(msg, bufs, block)
         except ConnectionError as e:
+            self._pending.pop(msg_id, None)
             raise JobEndedError(f"cannot send {method}: {self._conn.close_reason or e}") from None
-        ar = AsyncResult(self, msg_id, ids, method, single, post)
-        self._outstanding.add(ar)
         return ar
+
+    def _forget(self, msg_id):
+        self._pending.pop(msg_id, None)
+
+    def _results_loop(self):
+        """Resolves requests nobody is blocked on as their last reply arrives (the connection's
+        reader hands them over), so futures complete, callbacks run and awaits wake on their
+        own. When the connection ends, whatever is still pending fails with JobEndedError."""
+        conn = self._conn
+        while True:
+            ids = conn.next_completed(0.5)
+            for msg_id in ids:
+                outcome = conn.take(msg_id)
+                if outcome is None:
+                    continue  # a blocked caller took it
+                ar = self._pending.get(msg_id)
+                if ar is not None:
+                    try:
+                        ar._settle(outcome)
+                    except BaseException:  # noqa: B036 - this thread must outlive any one result
+                        pass
+            if conn.closed and not ids:
+                break
+        reason = conn.close_reason
+        for msg_id in conn.abandon():
+            ar = self._pending.get(msg_id)
+            if ar is not None:
+                ar._fail(JobEndedError(reason))
 
     @property
     def outstanding(self):
-        """Requests sent and not yet collected."""
-        return {ar.msg_id for ar in list(self._outstanding) if not ar.done()}
+        """Ids of requests sent and not yet finished."""
+        return {msg_id for msg_id, ar in list(self._pending.items()) if not ar.done()}
+
+    def _jobs_and_deadline(self, jobs, timeout):
+        if jobs is None:
+            jobs = list(self._pending.values())
+        if isinstance(jobs, AsyncResult):
+            jobs = [jobs]
+        t = _timeout_arg(timeout)
+        return list(jobs), None if t is None else time.monotonic() + t
 
     def wait(self, jobs=None, timeout=-1):
         """Wait for AsyncResults (one, a list, or by default every outstanding request); True if
         all finished within timeout (-1/None: no limit)."""
-        if jobs is None:
-            jobs = list(self._outstanding)
-        if isinstance(jobs, AsyncResult):
-            jobs = [jobs]
-        t = _timeout_arg(timeout)
-        deadline = None if t is None else time.monotonic() + t
+        jobs, deadline = self._jobs_and_deadline(jobs, timeout)
         for ar in jobs:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not ar.wait(left if left is not None else -1):
                 return False
         return True
 
+    def wait_interactive(self, jobs=None, interval=0.1, timeout=-1):
+        """rc.wait with a progress bar over the requests."""
+        from . import _progress
+
+        jobs, deadline = self._jobs_and_deadline(jobs, timeout)
+        with _progress.bar(len(jobs), "requests") as bar:
+            while True:
+                done = sum(ar.done() for ar in jobs)
+                bar.update_to(done)
+                if done == len(jobs):
+                    return True
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                first = next(ar for ar in jobs if not ar.done())
+                first.wait(interval)
+
     def shutdown(self, targets="all", block=True, timeout=60):
         """End the job: engines stop, the controller and bridge exit, mpirun returns 0 and the
         connection file is removed. Waits (bounded by timeout) until the job has ended."""
         if targets not in ("all", None) and sorted(self._resolve(targets)) != self.ids:
             raise ValueError("shutdown ends the whole job; stopping single engines is not supported")
-        ar = self._submit(_core.shutdown_request(), [], self.ids, "shutdown")
+        ar = self._submit(_core.shutdown_request(), [], self.ids, "shutdown", block=True)
         if not block:
             return ar
         ar.get(timeout)
@@ -198,8 +264,10 @@ class Client:
         self.close()
 
     def close(self):
-        """Disconnect; the job keeps running."""
+        """Disconnect; the job keeps running. Requests still pending fail with JobEndedError."""
         self._conn.close()
+        if self._results is not threading.current_thread():
+            self._results.join(5)
         _open_clients.discard(self)
 
     def __enter__(self):

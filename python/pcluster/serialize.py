@@ -1,8 +1,15 @@
 """Pickling for the wire: protocol 5 with out-of-band buffers, cloudpickle for code."""
 
 import pickle
+import types
+import weakref
 
 import cloudpickle
+
+try:
+    from cloudpickle.cloudpickle import _extract_code_globals
+except ImportError:  # another cloudpickle layout: no function cache, every call pickles anew
+    _extract_code_globals = None
 
 PROTOCOL = 5
 
@@ -39,3 +46,62 @@ def checked_dumps(obj, what, code=False):
         return dumps_code(obj) if code else dumps(obj)
     except Exception as e:  # pickling raises many types (TypeError, PicklingError, AttributeError)
         raise TypeError(f"cannot send {what} to the engines: it cannot be pickled ({type(e).__name__}: {e})") from e
+
+
+# Functions sent again and again (a loop of apply_async(f, i)) are pickled once. cloudpickle
+# takes a function defined in __main__ by value: its code, defaults and the globals it names, so
+# the cached bytes stay valid while those are the same objects. Each entry keeps the objects it
+# was made from and compares them by identity; a function with a closure is never cached (its
+# cells can be rebound without the function knowing). Mutating a global in place (a list the
+# function reads) is not seen - as with any pickle, the engines get the value of the first send.
+_function_cache = weakref.WeakKeyDictionary()
+_MISSING = object()
+
+
+def _names(code, _cache=weakref.WeakKeyDictionary()):
+    names = _cache.get(code)
+    if names is None:
+        names = _cache[code] = tuple(sorted(_extract_code_globals(code)))
+    return names
+
+
+def _function_state(f):
+    g = f.__globals__
+    return (f.__code__, f.__defaults__, f.__kwdefaults__, f.__dict__ or None) + tuple(
+        [g.get(n, _MISSING) for n in _names(f.__code__)]
+    )
+
+
+def _same(a, b):
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x is not y:
+            return False
+    return True
+
+
+def dumps_function(f):
+    """cloudpickle of f as bytes, from the cache when f and what it names are unchanged."""
+    if _extract_code_globals is None or type(f) is not types.FunctionType or f.__closure__ is not None:
+        return cloudpickle.dumps(f, protocol=PROTOCOL)
+    state = _function_state(f)
+    hit = _function_cache.get(f)
+    if hit is not None and _same(hit[0], state):
+        return hit[1]
+    data = cloudpickle.dumps(f, protocol=PROTOCOL)
+    _function_cache[f] = (state, data)
+    return data
+
+
+def checked_dumps_call(f, args, kwargs):
+    """Buffers of an apply: (pickled f, args, kwargs), f from the function cache. TypeError
+    naming what cannot be pickled, before anything is sent."""
+    what = getattr(f, "__name__", "the function")
+    try:
+        fbytes = dumps_function(f)
+    except Exception as e:
+        raise TypeError(f"cannot send {what} to the engines: it cannot be pickled ({type(e).__name__}: {e})") from e
+    if not args and not kwargs:
+        return [pickle.dumps((fbytes, (), None), protocol=PROTOCOL)]
+    return checked_dumps((fbytes, args, kwargs), f"the arguments of {what}")

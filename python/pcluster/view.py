@@ -60,6 +60,20 @@ class DirectView:
     def __len__(self):
         return 1 if isinstance(self.targets, numbers.Integral) else len(self.targets)
 
+    def activate(self, suffix=""):
+        """Makes %px, %%px, %autopx, %pxresult and %pxconfig (each name + suffix) run on this
+        view's engines in the current IPython session."""
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            get_ipython = None
+        shell = get_ipython() if get_ipython else None
+        if shell is None:
+            raise RuntimeError("activate() registers IPython magics: call it inside IPython or Jupyter")
+        from . import magics
+
+        return magics.load(shell, view=self, suffix=suffix)
+
     # --- one private path for every verb ---
     def _resolve_targets(self, targets):
         t = self.targets if targets is None else targets
@@ -68,16 +82,19 @@ class DirectView:
         ids = self.client._resolve(t)
         return ids, False
 
-    def _run(self, msg, bufs, method, targets, block, parts=None, post=None):
+    def _run(self, msg, bufs, method, targets, block, parts=None, post=None, flat=False, keep_ar=False):
         ids, single = self._resolve_targets(targets)
         msg.r.shared_bufs = len(bufs)
         if parts is not None:
             msg.r.part_bufs = [len(p) for p in parts]
             for p in parts:
                 bufs.extend(p)
-        ar = self.client._submit(msg, bufs, ids, method, single and post is None, post)
         block = self.block if block is None else block
-        return ar.get() if block else ar
+        ar = self.client._submit(msg, bufs, ids, method, single and post is None, post, block, flat)
+        if not block:
+            return ar
+        value = ar.get()
+        return ar if keep_ar else value
 
     # --- namespace ---
     def push(self, ns, targets=None, block=None):
@@ -119,10 +136,8 @@ class DirectView:
             raise TypeError(f"execute takes code as a str, not {type(code).__name__}")
         msg = _core.execute_request()
         msg.code = code
-        ar = self._run(msg, [], "execute", targets, False)
-        if self.block if block is None else block:
-            ar.get()
-        return ar
+        msg.silent = bool(silent)
+        return self._run(msg, [], "execute", targets, block, keep_ar=True)
 
     def apply(self, f, *args, **kwargs):
         """f(*args, **kwargs) on each engine; blocks per view.block."""
@@ -137,7 +152,7 @@ class DirectView:
     def _apply(self, f, args, kwargs, block):
         if not callable(f):
             raise TypeError(f"apply needs a callable, not {type(f).__name__}")
-        bufs = serialize.checked_dumps((f, args, kwargs), f"{getattr(f, '__name__', 'the function')} and its arguments", code=True)
+        bufs = serialize.checked_dumps_call(f, args, kwargs)
         return self._run(_core.apply_request(), bufs, "apply", None, block)
 
     def map(self, f, *seqs, block=None):
@@ -146,10 +161,10 @@ class DirectView:
         if not seqs:
             raise TypeError("map needs at least one sequence")
         ids, _ = self._resolve_targets(None)
-        fbufs = serialize.checked_dumps(f, getattr(f, "__name__", "the function"), code=True)
+        fbufs = serialize.checked_dumps_call(f, (), {})
         split = [_partition(s, len(ids)) for s in seqs]
         parts = [serialize.checked_dumps(list(zip(*chunks)), "the mapped sequence") for chunks in zip(*split)]
-        return self._run(_core.map_request(), fbufs, "map", None, block, parts=parts, post=_flatten_lists)
+        return self._run(_core.map_request(), fbufs, "map", None, block, parts=parts, post=_flatten_lists, flat=True)
 
     def map_sync(self, f, *seqs):
         return self.map(f, *seqs, block=True)

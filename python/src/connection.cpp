@@ -105,16 +105,26 @@ connection::connection(const std::string& host, int port, const std::string& key
         throw;
     }
     reader_ = std::thread([this] { read_loop(); });
+    writer_ = std::thread([this] { write_loop(); });
 }
 
 connection::~connection() { close(); }
 
-void connection::send(std::uint64_t id, std::size_t replies, const proto::outgoing_frame& f) {
+namespace {
+// Frames up to this size are copied into the writer's queue; larger ones are written by the
+// sending thread from where they lie (copying them would cost more than the hand-off saves).
+constexpr std::uint64_t queue_copy_limit = 64 << 10;
+}  // namespace
+
+void connection::send(std::uint64_t id, std::size_t replies, const proto::outgoing_frame& f, bool direct) {
     {
-        std::lock_guard lk2(mu_);
+        // Registered before a byte leaves, so a reply can never find its request unknown.
+        std::lock_guard lk(mu_);
         if (closed_) throw std::system_error(ENOTCONN, std::generic_category(), reason_);
+        requests_[id].expected = replies;
     }
     const std::uint64_t size = f.size();
+    std::optional<proto::outgoing_frame> by_shm;
     if (local_ && size >= proto::shm_threshold) {
         // One copy into shared memory, outside the send lock, instead of two socket hops.
         std::optional<segment> seg;
@@ -135,35 +145,113 @@ void connection::send(std::uint64_t id, std::size_t replies, const proto::outgoi
                 std::lock_guard lk(pool_mu_);
                 busy_segments_[id] = busy{*seg, replies};
             }
-            std::lock_guard lk(send_mu_);
-            send_returns_locked();
-            proto::write_frame(fd_, proto::encode(proto::shm_frame{id, seg->path, size, true}));
-            return;
+            by_shm = proto::encode(proto::shm_frame{id, seg->path, size, true});
         }
     }
-    std::lock_guard lk(send_mu_);
-    send_returns_locked();
-    proto::write_frame(fd_, f);
+    const proto::outgoing_frame& frame = by_shm ? *by_shm : f;
+    std::unique_lock lk(send_mu_);
+    if (!write_error_.empty()) throw std::system_error(ENOTCONN, std::generic_category(), write_error_);
+    const bool small = frame.size() <= queue_copy_limit;
+    if (small && (!direct || writing_ || !queue_.empty())) {
+        const bool was_empty = queue_.empty();
+        queue_.push_back(proto::outgoing_frame{frame.flatten(), {}, nullptr});
+        if (direct) flush_now_ = true;  // a blocking call: its caller waits for the reply next
+        // Wake the writer only when it has something new to decide: its first frame, a full
+        // batch, or a blocking call behind the queue.
+        if (!writing_ && (was_empty || direct || queue_.size() == 128)) send_cv_.notify_all();
+        return;
+    }
+    // Write here, after whatever is queued (frames leave in send order).
+    send_cv_.wait(lk, [&] { return !writing_; });
+    const std::string err = write_queue(lk, proto::outgoing_frame{frame.head, frame.bufs, nullptr});
+    if (!err.empty()) throw std::system_error(ENOTCONN, std::generic_category(), err);
 }
 
-void connection::send_returns_locked() {
+std::string connection::write_queue(std::unique_lock<std::mutex>& lk, std::optional<proto::outgoing_frame> last) {
+    writing_ = true;
+    std::vector<proto::outgoing_frame> batch;
+    batch.swap(queue_);
+    lk.unlock();
+    add_returns(batch);
+    if (last) batch.push_back(std::move(*last));
+    std::string err;
+    try {
+        proto::frame_writer w;
+        for (auto& f : batch) w.push(std::move(f));
+        batch.clear();
+        while (!w.flush(fd_)) {
+            pollfd p{fd_, POLLOUT, 0};
+            ::poll(&p, 1, 1000);
+        }
+    } catch (const std::exception& e) {
+        err = e.what();
+    }
+    lk.lock();
+    writing_ = false;
+    if (!err.empty() && write_error_.empty()) write_error_ = err;
+    send_cv_.notify_all();
+    return err;
+}
+
+// Batches whatever the senders queued into one writev. Non-blocking calls come in bursts (a
+// loop of apply_async): the first queued frame waits up to `linger` for company, unless the
+// batch is already large or someone waits on a result (kick_writer), so a burst costs a few
+// system calls and wake-ups instead of two per request.
+void connection::write_loop() {
+    static const auto linger = [] {
+        const char* v = std::getenv("PCLUSTER_SEND_LINGER_US");
+        return std::chrono::microseconds(v ? std::atol(v) : 500);
+    }();
+    constexpr std::size_t batch_frames = 128;
+    std::unique_lock lk(send_mu_);
+    for (;;) {
+        send_cv_.wait(lk, [&] { return stop_writer_ || (!queue_.empty() && !writing_); });
+        if (stop_writer_ && queue_.empty()) return;
+        if (!flush_now_ && !stop_writer_ && queue_.size() < batch_frames)
+            send_cv_.wait_for(lk, linger, [&] { return stop_writer_ || flush_now_ || queue_.size() >= batch_frames; });
+        flush_now_ = false;
+        if (writing_ || queue_.empty()) continue;
+        write_queue(lk, std::nullopt);  // a failure is kept in write_error_ for the senders
+    }
+}
+
+void connection::kick_writer() {
+    std::lock_guard lk(send_mu_);
+    if (!queue_.empty() && !flush_now_) {
+        flush_now_ = true;
+        send_cv_.notify_all();
+    }
+}
+
+void connection::add_returns(std::vector<proto::outgoing_frame>& frames) {
     proto::shm_return ret;
     {
         std::lock_guard lk(returns_->mu);
         ret.paths.swap(returns_->paths);
     }
-    if (!ret.paths.empty()) proto::write_frame(fd_, proto::encode(ret));
+    if (!ret.paths.empty()) frames.insert(frames.begin(), proto::encode(ret));
 }
 
 void connection::read_loop() {
     std::string why;
     try {
+        proto::frame_reader reader;
         for (;;) {
-            auto f = proto::read_frame(fd_, std::nullopt);
+            proto::received_frame f;
+            auto st = reader.read(fd_, &f);
+            if (st == proto::frame_reader::status::again) continue;  // blocking fd: read again
+            if (st == proto::frame_reader::status::closed) {
+                why = "connection to the job lost: the job closed it";
+                break;
+            }
             auto v = f.view();
             if (proto::is(v, proto::message_type::job_ended)) {
                 why = "the job ended: " + proto::decode<proto::job_ended>(v).reason;
                 break;
+            }
+            if (proto::is(v, proto::message_type::output)) {
+                file_output(proto::decode<proto::output>(v));
+                continue;
             }
             if (proto::is(v, proto::message_type::shm_frame)) {
                 auto ref = proto::decode<proto::shm_frame>(v);
@@ -197,12 +285,26 @@ void connection::read_loop() {
     } catch (const std::exception& e) {
         why = std::string("connection to the job lost: ") + e.what();
     }
-    std::lock_guard lk(mu_);
-    if (!closed_) {
-        closed_ = true;
-        reason_ = why;
+    {
+        std::lock_guard lk(mu_);
+        if (!closed_) {
+            closed_ = true;
+            reason_ = why;
+        }
     }
     cv_.notify_all();
+    done_cv_.notify_all();
+}
+
+bool connection::complete(const request& r) { return r.refused || r.replies.size() >= r.expected; }
+
+void connection::on_complete_locked(std::uint64_t id, request& r) {
+    if (r.taker) {
+        cv_.notify_all();
+    } else {
+        completed_.push_back(id);
+        done_cv_.notify_one();
+    }
 }
 
 void connection::file_reply(reply_ptr r) {
@@ -219,39 +321,110 @@ void connection::file_reply(reply_ptr r) {
         }
     }
     std::lock_guard lk(mu_);
-    if (refused) refused_[id] = true;
-    replies_[id].push_back(std::move(r));
-    if (auto w = waiting_.find(id); w != waiting_.end() && complete_locked(id, w->second)) cv_.notify_all();
+    auto it = requests_.find(id);
+    if (it == requests_.end()) return;  // not ours, or its outcome was already taken
+    auto& req = it->second;
+    const bool was_complete = complete(req);
+    if (refused) req.refused = true;
+    req.replies.push_back(std::move(r));
+    if (!was_complete && complete(req)) on_complete_locked(id, req);
+    else if (req.counters) cv_.notify_all();
 }
 
-bool connection::complete_locked(std::uint64_t id, std::size_t n) {
-    auto it = replies_.find(id);
-    return (it != replies_.end() && it->second.size() >= n) || refused_.count(id);
+void connection::file_output(proto::output o) {
+    std::lock_guard lk(mu_);
+    if (auto it = requests_.find(o.id); it != requests_.end()) it->second.output.push_back(std::move(o));
 }
 
-bool connection::wait(std::uint64_t id, std::size_t n, proto::clock::time_point deadline) {
+std::optional<outcome> connection::wait_take(std::uint64_t id, proto::clock::time_point deadline) {
+    kick_writer();
     std::unique_lock lk(mu_);
-    if (complete_locked(id, n)) return true;
-    waiting_[id] = n;
-    cv_.wait_until(lk, deadline, [&] { return complete_locked(id, n) || closed_; });
-    waiting_.erase(id);
-    return complete_locked(id, n);
-}
-
-std::size_t connection::count(std::uint64_t id) {
-    std::lock_guard lk(mu_);
-    auto it = replies_.find(id);
-    return it == replies_.end() ? 0 : it->second.size();
-}
-
-std::vector<reply_ptr> connection::take(std::uint64_t id) {
-    std::lock_guard lk(mu_);
-    std::vector<reply_ptr> out;
-    if (auto it = replies_.find(id); it != replies_.end()) {
-        out = std::move(it->second);
-        replies_.erase(it);
+    auto it = requests_.find(id);
+    if (it == requests_.end()) return std::nullopt;
+    if (!complete(it->second)) {
+        it->second.taker = true;
+        cv_.wait_until(lk, deadline, [&] {
+            auto i = requests_.find(id);
+            return i == requests_.end() || complete(i->second) || closed_;
+        });
+        it = requests_.find(id);
+        if (it == requests_.end()) return std::nullopt;
+        it->second.taker = false;
+        if (!complete(it->second)) return std::nullopt;
     }
-    refused_.erase(id);
+    outcome out{std::move(it->second.replies), std::move(it->second.output)};
+    requests_.erase(it);
+    return out;
+}
+
+std::optional<outcome> connection::take(std::uint64_t id) {
+    std::lock_guard lk(mu_);
+    auto it = requests_.find(id);
+    if (it == requests_.end() || !complete(it->second)) return std::nullopt;
+    outcome out{std::move(it->second.replies), std::move(it->second.output)};
+    requests_.erase(it);
+    return out;
+}
+
+bool connection::pending(std::uint64_t id) {
+    std::lock_guard lk(mu_);
+    return requests_.count(id) != 0;
+}
+
+std::vector<std::uint64_t> connection::next_completed(proto::clock::time_point deadline) {
+    std::unique_lock lk(mu_);
+    done_cv_.wait_until(lk, deadline, [&] { return !completed_.empty() || closed_; });
+    std::vector<std::uint64_t> out(completed_.begin(), completed_.end());
+    completed_.clear();
+    return out;
+}
+
+std::vector<reply_ptr> connection::wait_count(std::uint64_t id, std::size_t n, proto::clock::time_point deadline) {
+    kick_writer();
+    std::unique_lock lk(mu_);
+    auto it = requests_.find(id);
+    if (it == requests_.end()) return {};
+    ++it->second.counters;
+    cv_.wait_until(lk, deadline, [&] {
+        auto i = requests_.find(id);
+        return i == requests_.end() || i->second.replies.size() >= n || complete(i->second) || closed_;
+    });
+    it = requests_.find(id);
+    if (it == requests_.end()) return {};
+    --it->second.counters;
+    return it->second.replies;
+}
+
+std::vector<output_chunk> connection::take_output(std::uint64_t id) {
+    std::lock_guard lk(mu_);
+    auto it = requests_.find(id);
+    if (it == requests_.end()) return {};
+    std::vector<output_chunk> out;
+    out.swap(it->second.output);
+    return out;
+}
+
+std::vector<std::uint64_t> connection::pending_ids() {
+    std::lock_guard lk(mu_);
+    std::vector<std::uint64_t> out;
+    out.reserve(requests_.size());
+    for (auto& [id, r] : requests_) out.push_back(id);
+    return out;
+}
+
+std::vector<std::uint64_t> connection::abandon(std::optional<std::uint64_t> id) {
+    std::lock_guard lk(mu_);
+    std::vector<std::uint64_t> out;
+    if (!closed_) return out;
+    for (auto it = requests_.begin(); it != requests_.end();) {
+        if ((!id || it->first == *id) && !complete(it->second)) {
+            out.push_back(it->first);
+            it = requests_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    cv_.notify_all();
     return out;
 }
 
@@ -309,7 +482,19 @@ void connection::close() {
             reason_ = "the client closed the connection";
         }
     }
+    {
+        // Frames already queued still go out (a non-blocking call returned; its request must
+        // not vanish), then the writer stops.
+        std::unique_lock lk(send_mu_);
+        flush_now_ = true;
+        send_cv_.notify_all();
+        send_cv_.wait_for(lk, std::chrono::seconds(5), [&] { return (queue_.empty() && !writing_) || !write_error_.empty(); });
+        stop_writer_ = true;
+        send_cv_.notify_all();
+    }
+    // Shut down before joining: a writer stuck on a peer that stopped reading fails at once.
     if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+    if (writer_.joinable()) writer_.join();
     if (reader_.joinable()) reader_.join();
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
@@ -320,6 +505,7 @@ void connection::close() {
     }
     if (!shm_owner_.empty()) proto::remove_shm_leftovers(shm_owner_);
     cv_.notify_all();
+    done_cv_.notify_all();
 }
 
 }  // namespace pcluster::client

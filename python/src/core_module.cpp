@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <optional>
 
 #include "connection.hpp"
 #include "pcluster/protocol/codec.hpp"
@@ -49,16 +50,39 @@ std::vector<std::span<const char>> spans_of(py::list bufs, std::vector<py::buffe
     return spans;
 }
 
+py::list output_list(const std::vector<pcluster::client::output_chunk>& chunks) {
+    py::list out;
+    for (const auto& c : chunks) out.append(py::make_tuple(c.engine, c.stdout_text, c.stderr_text));
+    return out;
+}
+
 template <class T>
-void send_as(connection& c, const T& msg_in, py::list bufs) {
+void send_as(connection& c, const T& msg_in, py::list bufs, bool direct) {
     std::vector<py::buffer_info> infos;
     auto spans = spans_of(bufs, infos);
     T msg = msg_in;
     if (c.local()) msg.r.flags |= proto::reply_by_shm;
     auto frame = proto::encode(msg, std::move(spans));
     const std::size_t replies = msg.r.targets.empty() ? c.engines().size() : msg.r.targets.size();
+    if (!direct && frame.size() <= 4096) {
+        // Queued (copied) for the writer thread: no system call, so no reason to drop the GIL.
+        c.send(msg.r.id, replies, frame, false);
+        return;
+    }
     py::gil_scoped_release nogil;
-    c.send(msg.r.id, replies, frame);
+    c.send(msg.r.id, replies, frame, direct);
+}
+
+proto::clock::time_point deadline_of(std::optional<double> timeout) {
+    if (!timeout) return proto::clock::time_point::max();
+    return proto::clock::now() + std::chrono::microseconds(static_cast<long long>(std::max(0.0, *timeout) * 1e6));
+}
+
+py::object outcome_to_python(std::optional<pcluster::client::outcome> o) {
+    if (!o) return py::none();
+    std::vector<std::shared_ptr<reply>> replies;
+    for (auto& r : o->replies) replies.push_back(std::const_pointer_cast<reply>(r));
+    return py::make_tuple(py::cast(std::move(replies)), output_list(o->output));
 }
 
 template <class T, class Cls>
@@ -128,6 +152,7 @@ py::bytes encode_reply(const proto::engine_reply& rep, py::list bufs) {
 PYBIND11_MODULE(_core, m) {
     m.doc() = "pcluster wire protocol and client connection (C++)";
     m.attr("protocol_version") = proto::protocol_version;
+    m.attr("capture_output") = static_cast<std::uint32_t>(proto::capture_output);
 
     static py::exception<pcluster::client::auth_error> auth_exc(m, "AuthenticationError", PyExc_PermissionError);
     static py::exception<proto::version_error> version_exc(m, "ProtocolVersionError", PyExc_RuntimeError);
@@ -162,7 +187,7 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<proto::execute_request> ex(m, "execute_request");
     add_request<proto::execute_request>(ex);
-    ex.def_readwrite("code", &proto::execute_request::code);
+    ex.def_readwrite("code", &proto::execute_request::code).def_readwrite("silent", &proto::execute_request::silent);
     py::class_<proto::push_request> pu(m, "push_request");
     add_request<proto::push_request>(pu);
     py::class_<proto::pull_request> pl(m, "pull_request");
@@ -192,7 +217,11 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("evalue", &proto::engine_reply::evalue)
         .def_readwrite("traceback", &proto::engine_reply::traceback)
         .def_readwrite("started", &proto::engine_reply::started)
-        .def_readwrite("completed", &proto::engine_reply::completed);
+        .def_readwrite("completed", &proto::engine_reply::completed)
+        .def_readwrite("stdout_text", &proto::engine_reply::stdout_text)
+        .def_readwrite("stderr_text", &proto::engine_reply::stderr_text)
+        .def_readwrite("execute_result", &proto::engine_reply::execute_result)
+        .def_readwrite("has_execute_result", &proto::engine_reply::has_execute_result);
 
     m.def("decode_request", &decode_request, py::arg("frame"), py::arg("part"), py::arg("engine_id"));
     m.def("encode_reply", &encode_reply, py::arg("reply"), py::arg("buffers"));
@@ -212,6 +241,12 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("traceback", [](const reply& r) { return r.meta.traceback; })
         .def_property_readonly("started", [](const reply& r) { return r.meta.started; })
         .def_property_readonly("completed", [](const reply& r) { return r.meta.completed; })
+        .def_property_readonly("stdout", [](const reply& r) { return r.meta.stdout_text; })
+        .def_property_readonly("stderr", [](const reply& r) { return r.meta.stderr_text; })
+        .def_property_readonly("execute_result", [](const reply& r) -> py::object {
+            if (!r.meta.has_execute_result) return py::none();
+            return py::str(r.meta.execute_result);
+        })
         .def("buffers", [](const reply& r) {
             auto v = r.frame.view();
             std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
@@ -238,34 +273,51 @@ PYBIND11_MODULE(_core, m) {
         .def("send", &send_as<proto::map_request>)
         .def("send", &send_as<proto::shutdown_request>)
         // Waits in slices so Ctrl-C (a pending Python signal) interrupts a blocking wait at once.
+        // Returns (replies, output chunks) once complete and taken, None otherwise (time-out,
+        // connection closed, or another thread took it).
         .def(
-            "wait",
-            [](connection& c, std::uint64_t id, std::size_t n, std::optional<double> timeout) {
-                const auto end = timeout ? proto::clock::now() + std::chrono::microseconds(
-                                                                     static_cast<long long>(*timeout * 1e6))
-                                         : proto::clock::time_point::max();
+            "wait_take",
+            [](connection& c, std::uint64_t id, std::optional<double> timeout) -> py::object {
+                const auto end = deadline_of(timeout);
                 for (;;) {
                     const auto slice = std::min(end, proto::clock::now() + std::chrono::milliseconds(100));
-                    bool done;
+                    std::optional<pcluster::client::outcome> o;
                     {
                         py::gil_scoped_release nogil;
-                        done = c.wait(id, n, slice);
+                        o = c.wait_take(id, slice);
                     }
-                    if (done) return true;
+                    if (o) return outcome_to_python(std::move(o));
                     if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-                    if (c.closed()) return false;
-                    if (proto::clock::now() >= end) return false;
+                    if (c.closed() || !c.pending(id) || proto::clock::now() >= end) return py::none();
                 }
             },
-            py::arg("id"), py::arg("n"), py::arg("timeout") = py::none())
-        .def("count", &connection::count)
+            py::arg("id"), py::arg("timeout") = py::none())
+        .def("take", [](connection& c, std::uint64_t id) { return outcome_to_python(c.take(id)); })
+        .def("pending", &connection::pending)
+        .def("pending_ids", &connection::pending_ids)
+        .def("abandon", &connection::abandon, py::arg("id") = py::none())
+        .def(
+            "next_completed",
+            [](connection& c, double timeout) {
+                py::gil_scoped_release nogil;
+                return c.next_completed(deadline_of(timeout));
+            },
+            py::arg("timeout"))
+        .def(
+            "wait_count",
+            [](connection& c, std::uint64_t id, std::size_t n, double timeout) {
+                std::vector<pcluster::client::reply_ptr> got;
+                {
+                    py::gil_scoped_release nogil;
+                    got = c.wait_count(id, n, deadline_of(timeout));
+                }
+                std::vector<std::shared_ptr<reply>> out;
+                for (auto& r : got) out.push_back(std::const_pointer_cast<reply>(r));
+                return out;
+            },
+            py::arg("id"), py::arg("n"), py::arg("timeout"))
+        .def("take_output", [](connection& c, std::uint64_t id) { return output_list(c.take_output(id)); })
         .def("release", &connection::release)
-        .def("take", [](connection& c, std::uint64_t id) {
-            auto v = c.take(id);
-            std::vector<std::shared_ptr<reply>> out;
-            for (auto& r : v) out.push_back(std::const_pointer_cast<reply>(r));
-            return out;
-        })
         .def_property_readonly("closed", &connection::closed)
         .def_property_readonly("close_reason", &connection::close_reason)
         .def("close", [](connection& c) {

@@ -712,7 +712,13 @@ def test_shutdown_waits_for_queued_work(start_job):
     c = pcluster.Client(str(j.path))
     other = pcluster.Client(str(j.path))
     try:
-        pending = other[:].apply_async(lambda: __import__("time").sleep(1) or "done")
+        pending = other[:].apply_async(lambda: (print("started"), __import__("time").sleep(1.5), "done")[2])
+        # Running in the job, not only queued in `other`'s writer: requests of two clients have
+        # no order between them until they reach the job. A request running for more than 0.5 s
+        # streams what it printed.
+        deadline = time.monotonic() + 10
+        while "started" not in "".join(pending.stdout) and time.monotonic() < deadline:
+            time.sleep(0.01)
         c.shutdown(timeout=EXIT_TIMEOUT)
         assert pending.get(EXIT_TIMEOUT) == ["done", "done"]
         assert j.wait_exit(EXIT_TIMEOUT) == 0, j.describe()
@@ -769,9 +775,10 @@ def test_request_with_empty_parts_does_not_harm_the_job(rc):
         msg.r.targets = targets
         n = len(targets) or len(IDS)
         msg.r.part_bufs = [0] * n
-        rc._conn.send(msg, [])
-        assert rc._conn.wait(msg.r.id, n, 30)
-        replies = rc._conn.take(msg.r.id)
+        rc._conn.send(msg, [], True)
+        outcome = rc._conn.wait_take(msg.r.id, 30)
+        assert outcome is not None, "no reply within 30 s"
+        replies, _ = outcome
         assert len(replies) == n and all(r.ok for r in replies)
     assert_serving(rc)
 
@@ -782,9 +789,10 @@ def test_layout_that_does_not_add_up_is_refused(rc):
     msg = _core.push_request()
     msg.r.id = (rc._conn.client_no << 32) | 0xFFFF1000
     msg.r.shared_bufs = 3  # but no buffers are sent
-    rc._conn.send(msg, [])
-    assert rc._conn.wait(msg.r.id, 4, 30)
-    (reply,) = rc._conn.take(msg.r.id)
+    rc._conn.send(msg, [], True)
+    outcome = rc._conn.wait_take(msg.r.id, 30)
+    assert outcome is not None, "no reply within 30 s"
+    (reply,), _ = outcome
     assert reply.engine == -1 and not reply.ok
     assert "buffers" in reply.evalue
     assert_serving(rc)

@@ -14,7 +14,7 @@ template <class T> T sample();
 template <> challenge sample() { challenge c; c.nonce.fill(7); c.job_id = "vm-123"; return c; }
 template <> auth_request sample() { auth_request a; a.mac.fill(1); a.client_nonce.fill(2); return a; }
 template <> auth_reply sample() { auth_reply a; a.ok = true; a.message = "welcome"; a.client_no = 9; a.mac.fill(3); a.engines = {sample_engine(0), sample_engine(1)}; return a; }
-template <> execute_request sample() { return execute_request{sample_route(), "import numpy as np\nx = 1"}; }
+template <> execute_request sample() { return execute_request{sample_route(), "import numpy as np\nx = 1", false}; }
 template <> push_request sample() { return push_request{sample_route()}; }
 template <> pull_request sample() { return pull_request{sample_route(), {"a", "b"}, false}; }
 template <> apply_request sample() { return apply_request{sample_route()}; }
@@ -23,9 +23,11 @@ template <> gather_request sample() { return gather_request{sample_route(), "x"}
 template <> map_request sample() { return map_request{sample_route()}; }
 template <> shutdown_request sample() { return shutdown_request{route{}}; }
 template <> engine_reply sample() {
-    return engine_reply{42, 3, reply_status::error, "NameError", "name 'a' is not defined", {"Traceback...", "NameError"}, 1.5, 2.5};
+    return engine_reply{42, 3, reply_status::error, "NameError", "name 'a' is not defined", {"Traceback...", "NameError"}, 1.5, 2.5,
+                        "printed\n", "warned\n", "42", true};
 }
 template <> job_ended sample() { return job_ended{"shutdown requested"}; }
+template <> output sample() { return output{(std::uint64_t{7} << 32) | 9, 2, "step 1\n", "careful\n"}; }
 template <> job_info sample() { return job_info{"vm-1", {sample_engine(0)}, "vm", 77}; }
 template <> shm_frame sample() { return shm_frame{0x0000000200000009ull, "/dev/shm/pcluster-c12x34-abcdef", 1 << 20, true}; }
 template <> shm_return sample() { return shm_return{{"/dev/shm/pcluster-s1-aa", "/dev/shm/pcluster-s1-bb"}, false}; }
@@ -35,7 +37,7 @@ template <> bridge_ready sample() { return bridge_ready{"127.0.0.1", 40000, "/ro
 
 TEMPLATE_TEST_CASE("every message survives a frame round trip", "[messages]", challenge, auth_request, auth_reply,
                    execute_request, push_request, pull_request, apply_request, scatter_request, gather_request,
-                   map_request, shutdown_request, engine_reply, job_ended, shm_frame, shm_return, job_info,
+                   map_request, shutdown_request, engine_reply, job_ended, output, shm_frame, shm_return, job_info,
                    bridge_ready) {
     const TestType msg = sample<TestType>();
     const std::string payload_a = "stream", payload_b(100000, 'z');

@@ -71,4 +71,7 @@ T decode(const frame_view& f) {
 // The route of any request frame (throws frame_error for non-request types).
 route decode_route(const frame_view& f);
 
+// The request id of an engine_reply or output frame (throws frame_error for other types).
+std::uint64_t reply_id(const frame_view& f);
+
 }  // namespace pcluster::protocol

@@ -34,6 +34,7 @@ enum class message_type : std::uint16_t {
     // replies and notices, back towards the client
     engine_reply = 40,
     job_ended = 41,
+    output = 42,
     // a large frame handed over in shared memory (same host only)
     shm_frame = 20,
     shm_return = 21,
@@ -52,6 +53,10 @@ enum class message_type : std::uint16_t {
 enum route_flags : std::uint32_t {
     // The client shares this host's /dev/shm: large replies may come as shm_frame.
     reply_by_shm = 1,
+    // The engine captures what the request prints (sys.stdout/sys.stderr) and sends it back:
+    // with the reply, and as `output` messages while a long request runs. Without it, prints go
+    // to the engine's own stdout (mpirun's terminal).
+    capture_output = 2,
 };
 struct route {
     bool operator==(const route&) const = default;
@@ -111,13 +116,18 @@ struct auth_reply {
     void serialize(Archive& ar, std::uint32_t) { ar(ok, message, client_no, mac, engines, shm_ok); }
 };
 
-// Runs `code` in each target's namespace.
+// Runs `code` in each target's namespace. Unless `silent`, a final expression statement's value
+// comes back as the reply's execute_result (its repr), as IPython shows Out[...].
 struct execute_request {
     bool operator==(const execute_request&) const = default;
     route r;
     std::string code;
+    bool silent = true;  // version 2
     template <class Archive>
-    void serialize(Archive& ar, std::uint32_t) { ar(r, code); }
+    void serialize(Archive& ar, std::uint32_t version) {
+        ar(r, code);
+        if (version >= 2) ar(silent);
+    }
 };
 
 // Shared buffers: one pickled dict (stream + out-of-band buffers) merged into each namespace.
@@ -197,10 +207,30 @@ struct engine_reply {
     std::vector<std::string> traceback;
     double started = 0;    // engine wall clock, seconds since the epoch
     double completed = 0;
+    // Version 2: what the request printed and had not yet streamed as `output` messages (with
+    // route_flags::capture_output), and an execute_request's final expression (repr), if any.
+    std::string stdout_text;
+    std::string stderr_text;
+    std::string execute_result;
+    bool has_execute_result = false;
     template <class Archive>
-    void serialize(Archive& ar, std::uint32_t) {
+    void serialize(Archive& ar, std::uint32_t version) {
         ar(id, engine, status, ename, evalue, traceback, started, completed);
+        if (version >= 2) ar(stdout_text, stderr_text, execute_result, has_execute_result);
     }
+};
+
+// Engine -> controller -> bridge -> client, while request `id` runs on `engine` for longer than
+// the streaming delay: what it printed since the last one. Always before that engine's
+// engine_reply for the request; the reply carries whatever was not streamed.
+struct output {
+    bool operator==(const output&) const = default;
+    std::uint64_t id = 0;
+    std::int32_t engine = -1;
+    std::string stdout_text;
+    std::string stderr_text;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(id, engine, stdout_text, stderr_text); }
 };
 
 // The bridge tells every client before it closes: the job is over.
@@ -280,6 +310,7 @@ PCLUSTER_MESSAGE(map_request)
 PCLUSTER_MESSAGE(shutdown_request)
 PCLUSTER_MESSAGE(engine_reply)
 PCLUSTER_MESSAGE(job_ended)
+PCLUSTER_MESSAGE(output)
 PCLUSTER_MESSAGE(shm_frame)
 PCLUSTER_MESSAGE(shm_return)
 PCLUSTER_MESSAGE(job_info)
@@ -312,7 +343,7 @@ CEREAL_CLASS_VERSION(pcluster::protocol::challenge, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::auth_request, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::engine_info, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::auth_reply, 1)
-CEREAL_CLASS_VERSION(pcluster::protocol::execute_request, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::execute_request, 2)
 CEREAL_CLASS_VERSION(pcluster::protocol::push_request, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::pull_request, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::apply_request, 1)
@@ -320,7 +351,8 @@ CEREAL_CLASS_VERSION(pcluster::protocol::scatter_request, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::gather_request, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::map_request, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::shutdown_request, 1)
-CEREAL_CLASS_VERSION(pcluster::protocol::engine_reply, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::engine_reply, 2)
+CEREAL_CLASS_VERSION(pcluster::protocol::output, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::job_ended, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::shm_frame, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::shm_return, 1)

@@ -31,6 +31,7 @@
 #include <ctime>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <span>
 #include <vector>
 
@@ -46,6 +47,7 @@ inline constexpr int tag_p_data = 2;
 inline constexpr int tag_reply_one = 3;   // reply_comm: a whole reply frame
 inline constexpr int tag_reply_parts = 4;  // reply_comm: u64 lengths of a large reply's pieces
 inline constexpr int tag_reply = 7;       // p2p_comm: that reply's chunks
+inline constexpr int tag_output = 8;     // reply_comm: a protocol::output frame, whole (before its reply)
 inline constexpr int tag_part = 5;     // B-channel parts too large for Iscatterv's int counts
 inline constexpr std::uint64_t chunk = std::uint64_t{1} << 30;
 // Small requests ride inside the envelope: a small all-engine request is one broadcast. The
@@ -168,15 +170,15 @@ inline bool test_all(std::vector<MPI_Request>& reqs) {
 class backoff {
 public:
     // `role` ("ENGINE", "CONTROLLER") selects PCLUSTER_<role>_* variables before PCLUSTER_*.
-    explicit backoff(const char* role = "ENGINE")
-        : spin_ns_(knob(role, "SPIN_NS", 50'000)),
-          yield_ns_(knob(role, "YIELD_NS", 2'000'000)),
-          busy_yield_ns_(knob(role, "BUSY_YIELD_NS", 1'000'000'000)),
-          nap_ns_(knob(role, "NAP_NS", 20'000)),
-          doze_ns_(knob(role, "DOZE_NS", 5'000'000)),
-          max_sleep_ns_(knob(role, "MAX_SLEEP_NS", 1'000'000)) {
+    explicit backoff(const char* role = "ENGINE") {
+        // Read once per role: every wait makes a backoff, and getenv/prctl are not free.
+        static const knobs engine = read_knobs("ENGINE"), controller = read_knobs("CONTROLLER");
+        const knobs& k = std::string_view(role) == "CONTROLLER" ? controller : engine;
+        spin_ns_ = k.spin, yield_ns_ = k.yield, busy_yield_ns_ = k.busy_yield;
+        nap_ns_ = k.nap, doze_ns_ = k.doze, max_sleep_ns_ = k.max_sleep;
         // The default 50 us timer slack would turn every short sleep into 50+ us.
-        prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+        thread_local const bool slack_set = prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0) == 0;
+        (void)slack_set;
         reset();
     }
     void reset() {
@@ -214,6 +216,14 @@ public:
     }
 
 private:
+    struct knobs {
+        std::int64_t spin, yield, busy_yield, nap, doze, max_sleep;
+    };
+    static knobs read_knobs(const char* role) {
+        return {knob(role, "SPIN_NS", 50'000),       knob(role, "YIELD_NS", 2'000'000),
+                knob(role, "BUSY_YIELD_NS", 1'000'000'000), knob(role, "NAP_NS", 20'000),
+                knob(role, "DOZE_NS", 5'000'000),    knob(role, "MAX_SLEEP_NS", 1'000'000)};
+    }
     std::int64_t spin_ns_, yield_ns_, busy_yield_ns_, nap_ns_, doze_ns_, max_sleep_ns_;
     std::int64_t idle_since_ = 0, sleep_ns_ = 0;
 };

@@ -31,13 +31,25 @@ public:
     // Throws frame_error for a bad frame and std::system_error for a socket error or an EOF
     // in the middle of a frame.
     status read(int fd, received_frame* out);
+    // Whether bytes already read from the fd are waiting here: an event loop that stops calling
+    // read() before `again` must come back without waiting for the fd to be readable.
+    bool buffered() const { return staged_pos_ < staged_len_; }
+    void set_max_frame(std::uint64_t n) { max_frame_ = n; }
 
 private:
+    // Small frames are read many per recv through a staging buffer; a large body is received
+    // straight into its own storage.
+    static constexpr std::size_t stage_size = 64 << 10;
+    bool consume_staged(received_frame* out);
+    void finish(received_frame* out);
+
     std::uint64_t max_frame_;
     char prefix_buf_[prefix_size] = {};
     std::shared_ptr<byte_buffer> body_;
     std::uint64_t have_ = 0;
     std::uint64_t need_ = prefix_size;
+    std::vector<char> stage_;
+    std::size_t staged_pos_ = 0, staged_len_ = 0;
 };
 
 // Queue of outgoing frames written with writev as the fd accepts them.
