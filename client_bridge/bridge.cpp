@@ -219,8 +219,15 @@ private:
             ret.paths.assign(c.lent_paths.begin(), c.lent_paths.end());
             ret.reuse = false;
             ctl_writer_.push(proto::encode(ret));
-            flush_controller();
         }
+        if (c.no) {
+            // Its tasks not yet sent to an engine would only produce replies nobody reads.
+            proto::control_request forget;
+            forget.r.id = std::uint64_t{c.no} << 32;
+            forget.action = proto::control_action::forget_client;
+            ctl_writer_.push(proto::encode(forget));
+        }
+        if (!ctl_writer_.empty()) flush_controller();
         epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
         ::close(fd);
         clients_.erase(fd);

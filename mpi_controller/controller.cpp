@@ -19,6 +19,7 @@
 #include <set>
 #include <stdexcept>
 #include <system_error>
+#include <unordered_map>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -32,6 +33,7 @@
 #include "pcluster/protocol/mpi_wire.hpp"
 #include "pcluster/protocol/shm.hpp"
 #include "pcluster/protocol/stream.hpp"
+#include "scheduler.hpp"
 
 extern char** environ;
 
@@ -58,6 +60,7 @@ struct op {
     std::vector<int> targets;  // resolved: never empty
     bool shutdown = false;
     bool internal = false;     // made by the controller itself; replies are dropped
+    bool task = false;         // a farm task: its reply goes through the scheduler
 };
 
 // An MPI operation in flight: completes when all `reqs` are done, then `then` runs.
@@ -78,6 +81,7 @@ public:
         n_ = size - 1;
         p2p_sent_.assign(n_, 0);
         pending_.resize(n_);
+        sched_.emplace(n_, scheduler_options{prefetch_from_env()});
         shm_owner_ = "s" + std::to_string(getpid());
     }
     ~controller() {
@@ -103,6 +107,8 @@ public:
                 progress = true;
             }
             progress |= read_bridge();
+            progress |= expire_tasks();
+            progress |= dispatch_tasks();
             progress |= issue();
             progress |= poll_mpi();
             progress |= probe_replies();
@@ -182,6 +188,7 @@ private:
         o.shutdown = true;
         o.internal = true;
         stopping_ = true;
+        abort_all_tasks("the job is shutting down");
         queue_.push_back(std::move(o));
     }
 
@@ -213,6 +220,10 @@ private:
             auto view = f.view();
             o.r = proto::decode_route(view);
             if (stopping_) throw std::invalid_argument("the job is shutting down");
+            if (proto::is(view, proto::message_type::control_request)) {
+                control(proto::decode<proto::control_request>(view));
+                return;
+            }
             std::set<int> seen;
             for (auto t : o.r.targets) {
                 if (t < 0 || t >= n_)
@@ -233,12 +244,20 @@ private:
             if (bufs != view.nbufs())
                 throw std::invalid_argument("request layout names " + std::to_string(bufs) +
                                             " buffers, the frame has " + std::to_string(view.nbufs()));
+            if (proto::is(view, proto::message_type::task_request)) {
+                if (!o.r.part_bufs.empty()) throw std::invalid_argument("a task has no parts");
+                // No targets: any engine (an explicit list of all engines would queue it on each).
+                submit_task(proto::decode<proto::task_request>(view),
+                            o.r.targets.empty() ? std::vector<int>{} : std::move(o.targets), std::move(f));
+                return;
+            }
             o.shutdown = proto::is(view, proto::message_type::shutdown_request);
             if (o.shutdown) {
                 end_reason_ = "a client shut the job down (rc.shutdown())";
                 if (o.targets.size() != static_cast<std::size_t>(n_))
                     throw std::invalid_argument("shutdown must target every engine");
                 stopping_ = true;
+                abort_all_tasks("the job is shutting down");
             }
         } catch (const std::exception& e) {
             spdlog::warn("refused request {:#x}: {}", o.r.id, e.what());
@@ -311,15 +330,27 @@ private:
     void issue_p(const op& o, const layout& l, std::size_t k) {
         const int e = o.targets[k];
         const std::uint64_t part_len = l.has_parts ? l.part_len[k] : 0;
-        auto head = std::make_shared<wire::p_head>(wire::p_head{bcast_sent_, l.blob_len, part_len, l.has_parts});
+        const wire::p_head h{bcast_sent_, l.blob_len, part_len, l.has_parts};
         auto bytes = o.frame.bytes;
         inflight fl;
-        wire::isend_bytes(head.get(), sizeof(wire::p_head), e + 1, wire::tag_p_head, p2p_, fl.reqs);
-        wire::isend_bytes(bytes->data(), l.blob_len, e + 1, wire::tag_p_data, p2p_, fl.reqs);
-        if (l.has_parts) wire::isend_bytes(bytes->data() + l.part_off[k], part_len, e + 1, wire::tag_p_data, p2p_, fl.reqs);
-        fl.then = [head, bytes] {};
+        if (wire::p_inline(l.blob_len, part_len)) {
+            // Head, blob and part in one message.
+            auto msg = std::make_shared<std::vector<char>>(sizeof h + l.blob_len + part_len);
+            std::memcpy(msg->data(), &h, sizeof h);
+            std::memcpy(msg->data() + sizeof h, bytes->data(), l.blob_len);
+            if (l.has_parts) std::memcpy(msg->data() + sizeof h + l.blob_len, bytes->data() + l.part_off[k], part_len);
+            wire::isend_bytes(msg->data(), msg->size(), e + 1, wire::tag_p_head, p2p_, fl.reqs);
+            fl.then = [msg] {};
+        } else {
+            auto head = std::make_shared<wire::p_head>(h);
+            wire::isend_bytes(head.get(), sizeof(wire::p_head), e + 1, wire::tag_p_head, p2p_, fl.reqs);
+            wire::isend_bytes(bytes->data(), l.blob_len, e + 1, wire::tag_p_data, p2p_, fl.reqs);
+            if (l.has_parts)
+                wire::isend_bytes(bytes->data() + l.part_off[k], part_len, e + 1, wire::tag_p_data, p2p_, fl.reqs);
+            fl.then = [head, bytes] {};
+        }
         ++p2p_sent_[e];
-        pending_[e].push_back(pending_of(o));
+        pending_[e].push_back(pending_of(o, e));
         inflight_.push_back(std::move(fl));
     }
 
@@ -383,9 +414,11 @@ private:
         bool shm;
         bool internal;
         bool shutdown;
+        bool task = false;
+        int engine = -1;
     };
-    static pending pending_of(const op& o) {
-        return {o.r.id, (o.r.flags & proto::reply_by_shm) != 0, o.internal, o.shutdown};
+    static pending pending_of(const op& o, int engine = -1) {
+        return {o.r.id, (o.r.flags & proto::reply_by_shm) != 0, o.internal, o.shutdown, o.task, engine};
     }
 
     // Where a reply of `len` bytes goes, and what to do once it is there: into shared memory when
@@ -396,7 +429,11 @@ private:
             try {
                 auto seg = std::make_shared<proto::shm_out>(reply_segment(len));
                 const std::uint64_t id = p.id;
-                return {seg->map->data(), [this, seg, id, len] {
+                return {seg->map->data(), [this, seg, id, len, p] {
+                            if (p.task && !task_reply_wanted(p, proto::frame_view(seg->map->data(), len))) {
+                                pool_.push_back(std::move(*seg));  // a retried task's reply: reuse
+                                return;
+                            }
                             // Lent to the client until it hands it back (shm_return). We keep our
                             // mapping: the pages are shared, and taking it back costs nothing.
                             lent_.emplace(seg->path, *seg);
@@ -407,10 +444,141 @@ private:
             }
         }
         auto big = std::make_shared<proto::byte_buffer>(std::max<std::uint64_t>(len, 1));
-        const bool internal = p.internal;
-        return {big->data(), [this, big, internal] {
-                    if (!internal) writer_.push_raw(big);
+        return {big->data(), [this, big, p, len] {
+                    if (p.internal) return;
+                    if (p.task && !task_reply_wanted(p, proto::frame_view(big->data(), len))) return;
+                    writer_.push_raw(big);
                 }};
+    }
+
+    // ---- the task farm (scheduler.hpp decides; this sends and answers) ----
+    static int prefetch_from_env() {
+        const char* v = std::getenv("PCLUSTER_TASK_PREFETCH");
+        return v && std::atoi(v) > 0 ? std::atoi(v) : 2;
+    }
+
+    void submit_task(const proto::task_request& t, std::vector<int> engines, proto::received_frame f) {
+        task spec;
+        spec.id = t.r.id;
+        spec.client = static_cast<std::uint32_t>(t.r.id >> 32);
+        spec.engines = std::move(engines);
+        spec.after = t.after;
+        spec.follow = t.follow;
+        spec.retries = t.retries;
+        spec.after_failure_ok = t.after_failure_ok;
+        if (t.timeout > 0)
+            spec.timeout = std::chrono::duration_cast<sched_clock::duration>(std::chrono::duration<double>(t.timeout));
+        if (auto refused = sched_->submit(spec, sched_clock::now())) {
+            answer_task(*refused);
+            return;
+        }
+        tasks_.emplace(t.r.id, task_entry{std::move(f), t.r});
+        task_clients_.insert(spec.client);
+    }
+
+    bool dispatch_tasks() {
+        if (stopping_) return false;
+        auto assigned = sched_->dispatch();
+        for (const auto& a : assigned) {
+            auto it = tasks_.find(a.id);
+            if (it == tasks_.end()) continue;  // cannot happen: the scheduler only knows ours
+            op o;
+            o.frame = it->second.frame;
+            o.r = it->second.r;
+            o.targets = {a.engine};
+            o.task = true;
+            issue_p(o, layout_of(o), 0);
+        }
+        return !assigned.empty();
+    }
+
+    bool expire_tasks() {
+        auto next = sched_->next_deadline();
+        if (!next || *next > sched_clock::now()) return false;
+        for (const auto& out : sched_->expire(sched_clock::now())) answer_task(out);
+        return true;
+    }
+
+    // A task's reply came in: whether to forward it (done, failed for good) or drop it (retried).
+    // Dependents the outcome settles are answered here.
+    bool task_reply_wanted(const pending& p, const proto::frame_view& v) {
+        bool ok = false;
+        try {
+            ok = proto::decode<proto::engine_reply>(v).status == proto::reply_status::ok;
+        } catch (const std::exception& e) {
+            spdlog::error("engine {} sent a bad reply for task {:#x}: {}", p.engine, p.id, e.what());
+        }
+        bool forward = false;
+        bool first = true;
+        for (const auto& out : sched_->on_finished(p.id, p.engine, ok)) {
+            if (first && out.id == p.id) {
+                forward = out.what == verdict::done || out.what == verdict::failed;
+                if (out.what != verdict::retried) tasks_.erase(p.id);
+            } else {
+                answer_task(out);
+            }
+            first = false;
+        }
+        return forward;
+    }
+
+    // Answers a task the scheduler settled without an engine reply (refused, dropped): an error
+    // reply in the task's name, as if from the controller.
+    void answer_task(const outcome& out) {
+        tasks_.erase(out.id);
+        if (out.what != verdict::dropped && out.what != verdict::refused) return;
+        proto::engine_reply rep;
+        rep.id = out.id;
+        rep.engine = -1;
+        rep.status = proto::reply_status::error;
+        rep.ename = out.ename;
+        rep.evalue = out.evalue;
+        if (bridge_fd_ >= 0) writer_.push(proto::encode(rep));
+    }
+
+    void abort_all_tasks(const std::string& why) {
+        for (auto c : task_clients_)
+            for (const auto& out : sched_->abort_client(c).dropped) {
+                outcome o = out;
+                o.evalue = why;
+                answer_task(o);
+            }
+        task_clients_.clear();
+    }
+
+    void control(const proto::control_request& req) {
+        proto::control_reply rep;
+        rep.id = req.r.id;
+        const auto client = static_cast<std::uint32_t>(req.r.id >> 32);
+        switch (req.action) {
+        case proto::control_action::abort: {
+            std::vector<task_id> mine;
+            for (auto id : req.ids) {
+                if ((id >> 32) != client) rep.refused.push_back("task " + std::to_string(id) + ": not this client's task");
+                else mine.push_back(id);
+            }
+            auto report = sched_->abort(mine);
+            for (const auto& out : report.dropped) {
+                if (out.ename == sched_error::task_aborted) rep.aborted.push_back(out.id);
+                answer_task(out);
+            }
+            for (const auto& r : report.refused) rep.refused.push_back("task " + std::to_string(r.id) + ": " + r.reason);
+            break;
+        }
+        case proto::control_action::queue_status: {
+            auto st = sched_->status();
+            for (int e = 0; e < static_cast<int>(st.engines.size()); ++e)
+                rep.engines.push_back({e, st.engines[e].assigned, st.engines[e].done, st.engines[e].alive});
+            rep.unassigned = st.unassigned;
+            rep.waiting = st.waiting;
+            break;
+        }
+        case proto::control_action::forget_client:
+            for (const auto& out : sched_->abort_client(client).dropped) answer_task(out);
+            task_clients_.erase(client);
+            return;  // the client is gone: nobody to answer
+        }
+        if (bridge_fd_ >= 0) writer_.push(proto::encode(rep));
     }
 
     // A segment for a reply of `len` bytes: a returned one that fits (warm pages: no faults, no
@@ -494,7 +662,7 @@ private:
                 continue;
             }
             auto& q = pending_[st.MPI_SOURCE - 1];
-            const pending p = q.empty() ? pending{0, false, true, false} : q.front();
+            const pending p = q.empty() ? pending{0, false, true, false, false, -1} : q.front();
             if (!q.empty()) q.pop_front();
             if (p.shutdown) --shutdown_replies_left_;
             if (st.MPI_TAG == wire::tag_reply_parts) {
@@ -564,6 +732,14 @@ private:
     std::vector<proto::shm_out> pool_;   // reply segments ready for reuse (mapped)
     std::map<std::string, proto::shm_out> lent_;  // reply segments a client holds
     std::uint64_t bcast_sent_ = 0;
+    // The task farm: the scheduler, and each accepted task's request until it is answered.
+    struct task_entry {
+        proto::received_frame frame;
+        proto::route r;
+    };
+    std::optional<scheduler> sched_;
+    std::unordered_map<std::uint64_t, task_entry> tasks_;
+    std::set<std::uint32_t> task_clients_;
     bool stopping_ = false;
     bool finished_ = false;
 };

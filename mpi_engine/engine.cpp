@@ -204,6 +204,7 @@ public:
         wire::check(MPI_Comm_dup(world, &p2p_), "MPI_Comm_dup");
         wire::check(MPI_Comm_dup(world, &reply_), "MPI_Comm_dup");
         env_.resize(wire::envelope_size(n_));
+        pbuf_.resize(wire::p_message_size);
         capture_.emplace(id_, reply_);
         current_capture = &*capture_;
     }
@@ -263,6 +264,7 @@ private:
             } else {
                 p_ready_ = true;
                 p_req_ = MPI_REQUEST_NULL;
+                std::memcpy(&phead_, pbuf_.data(), sizeof phead_);
             }
         }
     }
@@ -274,7 +276,8 @@ private:
         wire::check(MPI_Ibcast(env_.data(), static_cast<int>(env_.size()), MPI_BYTE, 0, bcomm_, &b_req_), "MPI_Ibcast");
     }
     void post_p() {
-        wire::check(MPI_Irecv(&phead_, sizeof phead_, MPI_BYTE, 0, wire::tag_p_head, p2p_, &p_req_), "MPI_Irecv");
+        wire::check(MPI_Irecv(pbuf_.data(), static_cast<int>(pbuf_.size()), MPI_BYTE, 0, wire::tag_p_head, p2p_, &p_req_),
+                    "MPI_Irecv");
     }
 
     // Waits with the GIL released so the user's own Python threads keep running.
@@ -326,13 +329,17 @@ private:
     void run_p() {
         py::bytearray blob = new_bytearray(phead_.blob_len);
         std::optional<py::bytearray> part;
-        std::vector<MPI_Request> reqs;
-        wire::irecv_bytes(data_of(blob), phead_.blob_len, 0, wire::tag_p_data, p2p_, reqs);
-        if (phead_.has_parts) {
-            part = new_bytearray(phead_.part_len);
-            wire::irecv_bytes(data_of(*part), phead_.part_len, 0, wire::tag_p_data, p2p_, reqs);
+        if (phead_.has_parts) part = new_bytearray(phead_.part_len);
+        if (wire::p_inline(phead_.blob_len, phead_.part_len)) {
+            const char* p = pbuf_.data() + sizeof phead_;
+            std::memcpy(data_of(blob), p, phead_.blob_len);
+            if (part) std::memcpy(data_of(*part), p + phead_.blob_len, phead_.part_len);
+        } else {
+            std::vector<MPI_Request> reqs;
+            wire::irecv_bytes(data_of(blob), phead_.blob_len, 0, wire::tag_p_data, p2p_, reqs);
+            if (part) wire::irecv_bytes(data_of(*part), phead_.part_len, 0, wire::tag_p_data, p2p_, reqs);
+            wait(reqs);
         }
-        wait(reqs);
         const reply_parts reply = handle(blob, part ? py::object(*part) : py::none());
         reply_to_controller(reply);
     }
@@ -378,6 +385,7 @@ private:
     py::module_ kernel_;
     MPI_Comm bcomm_, p2p_, reply_;
     std::vector<char> env_;
+    std::vector<char> pbuf_;  // a P head, and the request itself when small (wire::p_inline)
     MPI_Request b_req_ = MPI_REQUEST_NULL, p_req_ = MPI_REQUEST_NULL;
     wire::p_head phead_{};
     std::optional<output_capture> capture_;

@@ -9,6 +9,7 @@ pkgs=(
   python3 python3-dev python3-numpy python3-mpi4py python3-cloudpickle python3-pytest
   python3-pytest-timeout python3-tqdm python3-ipython python3-ipykernel python3-nbclient
   python3-nbformat python3-ipyparallel python3-distributed
+  python3-tk xvfb xauth
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -116,6 +116,9 @@ const char* type_name(std::uint16_t type) {
     case message_type::gather_request: return "gather_request";
     case message_type::map_request: return "map_request";
     case message_type::shutdown_request: return "shutdown_request";
+    case message_type::task_request: return "task_request";
+    case message_type::control_request: return "control_request";
+    case message_type::control_reply: return "control_reply";
     case message_type::engine_reply: return "engine_reply";
     case message_type::job_ended: return "job_ended";
     case message_type::output: return "output";
@@ -146,6 +149,7 @@ namespace pcluster::protocol {
 std::uint64_t reply_id(const frame_view& f) {
     // cereal puts the class version ahead of the fields, so the id is read by a full decode.
     if (is(f, message_type::output)) return decode<output>(f).id;
+    if (is(f, message_type::control_reply)) return decode<control_reply>(f).id;
     return decode<engine_reply>(f).id;
 }
 

@@ -5,11 +5,16 @@ from .client import Client, default_connection_file
 from .error import (
     AuthenticationError,
     CompositeError,
+    DependencyError,
     JobEndedError,
     NoJobError,
     PclusterError,
     RemoteError,
+    TaskAborted,
+    TaskError,
+    TaskTimeout,
 )
+from .lbview import AsyncMapResult, LoadBalancedView
 from .view import DirectView
 
 __version__ = "0.1.0"
@@ -22,7 +27,13 @@ def load_ipython_extension(ipython):
     magics.load(ipython)
 
 __all__ = [
+    "AsyncMapResult",
     "AsyncResult",
+    "DependencyError",
+    "LoadBalancedView",
+    "TaskAborted",
+    "TaskError",
+    "TaskTimeout",
     "AuthenticationError",
     "Client",
     "CompositeError",

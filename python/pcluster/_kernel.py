@@ -197,6 +197,33 @@ def _map(msg, shared, part):
     return [f(*args) for args in serialize.loads(part)]
 
 
+def _task(msg, shared, part):
+    """A farm task: an apply, or a chunk of a load-balanced map (a list of argument tuples)."""
+    if msg.kind == 0:
+        return _apply(msg, shared, part)
+    fbytes, arglist, _ = serialize.loads(shared)
+    f = _bind(_function(fbytes))
+    if not msg.return_exceptions:
+        return [f(*a) for a in arglist]
+    out = []
+    for a in arglist:
+        try:
+            out.append(f(*a))
+        except Exception as e:  # map(..., return_exceptions=True): the error takes the item's place
+            out.append(_item_error(e))
+    return out
+
+
+def _item_error(e):
+    from .error import RemoteError
+
+    try:
+        tb = "".join(_remote_traceback(e))
+    except Exception:
+        tb = ""
+    return RemoteError(type(e).__name__, _safe_str(e), tb, {"engine_id": _id, "method": "map"})
+
+
 def _shutdown(msg, shared, part):
     return None
 
@@ -210,6 +237,7 @@ _handlers = {
     _core.gather_request: _gather,
     _core.map_request: _map,
     _core.shutdown_request: _shutdown,
+    _core.task_request: _task,
 }
 
 

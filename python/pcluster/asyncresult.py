@@ -14,7 +14,7 @@ import threading
 import time
 
 from . import _progress, serialize
-from .error import CompositeError, JobEndedError, RemoteError
+from .error import CompositeError, JobEndedError, RemoteError, controller_error
 
 # Blocking waits on several engines show a progress bar once they take this long (interactive
 # sessions only).
@@ -70,6 +70,8 @@ class AsyncResult(concurrent.futures.Future):
     def _absorb_output(self, chunks):
         with _out_lock:
             for engine, out, err in chunks:
+                if self._targets == [None]:
+                    self._targets = [engine]
                 slot = self._out.setdefault(engine, ["", ""])
                 if out:
                     slot[0] += out
@@ -100,11 +102,19 @@ class AsyncResult(concurrent.futures.Future):
         self._client._forget(self.msg_id)
 
     def _resolve(self, replies):
-        refused = [r for r in replies if r.engine < 0]
+        refused = [r for r in replies if r.engine == -1]
         if refused:
             r = refused[0]
-            self._fail(RemoteError(r.ename, r.evalue, "", {"engine_id": "controller", "method": self._method}))
+            self._fail(controller_error(r.ename, r.evalue, self._method))
             return
+        if replies and replies[0].engine == -2:  # the controller's own answer (control_reply)
+            try:
+                self.set_result(replies[0].control)
+            except concurrent.futures.InvalidStateError:
+                pass
+            return
+        if self._targets == [None]:  # a farm task: known where it ran only now
+            self._targets = [replies[0].engine]
         self._replies = {r.engine: r for r in replies}
         ordered = [self._replies[t] for t in self._targets]
         errors = [self._error_of(r) for r in ordered if not r.ok]
@@ -139,7 +149,13 @@ class AsyncResult(concurrent.futures.Future):
             return True
         conn = self._client._conn
         deadline = None if timeout is None else time.monotonic() + timeout
-        outcome = conn.wait_take(self.msg_id, timeout)
+        try:
+            outcome = conn.wait_take(self.msg_id, timeout)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                f"interrupted while waiting for {self._method}: the engines keep working on it; "
+                f"get() on the same AsyncResult collects the result later"
+            ) from None
         if outcome is not None:
             self._settle(outcome)
             return True
@@ -191,6 +207,19 @@ class AsyncResult(concurrent.futures.Future):
         """A sent request cannot be withdrawn here: always False (the work goes on)."""
         return False
 
+    def abort(self):
+        """Drops this load-balanced task if no engine has started it (it then fails with
+        TaskAborted); returns 1 if dropped, 0 if it runs or ran already. Requests of a
+        DirectView cannot be aborted here."""
+        if self.done():
+            return 0
+        return self._client._abort([self.msg_id])
+
+    @property
+    def engine_id(self):
+        """The engine(s) it ran on: an id for one engine (a task: once it ran), else a list."""
+        return self._targets[0] if self._single else list(self._targets)
+
     @property
     def r(self):
         """The result, waiting as long as it takes (the 2008 PendingResult's .r)."""
@@ -226,7 +255,9 @@ class AsyncResult(concurrent.futures.Future):
 
     def __iter__(self):
         """Results in order as they arrive: one per engine, or each mapped value (map)."""
-        if self._single or (self._post is not None and not self._flat):
+        if self._single:
+            raise TypeError("a single-engine result is not iterable (as in ipyparallel); use ar.get()")
+        if self._post is not None and not self._flat:
             yield from self.get()
             return
         conn = self._client._conn

@@ -165,21 +165,73 @@ class Client:
         return DirectView(self, self._resolve(targets))
 
     # --- requests ---
-    def _submit(self, msg, bufs, ids, method, single=False, post=None, block=False, flat=False):
+    def _new_request(self, msg, bufs, wire_targets, ar_targets, method, direct, **ar_args):
+        """Numbers, registers and sends a request; its AsyncResult. wire_targets: engines on the
+        wire (empty: all, or any for a task); ar_targets: whose replies the result waits for."""
         with self._lock:
             msg_id = (self._conn.client_no << 32) | next(self._seq)
         msg.r.id = msg_id
-        msg.r.targets = [] if len(ids) == len(self._ids) and ids == self._ids else ids
+        msg.r.targets = wire_targets
         if self.capture_output:
             msg.r.flags |= _core.capture_output
-        ar = AsyncResult(self, msg_id, ids, method, single, post, flat)
+        ar = AsyncResult(self, msg_id, ar_targets, method, **ar_args)
         self._pending[msg_id] = ar
         try:
-            self._conn.send(msg, bufs, block)
+            self._conn.send(msg, bufs, direct)
         except ConnectionError as e:
             self._pending.pop(msg_id, None)
             raise JobEndedError(f"cannot send {method}: {self._conn.close_reason or e}") from None
         return ar
+
+    def _submit(self, msg, bufs, ids, method, single=False, post=None, block=False, flat=False):
+        wire = [] if len(ids) == len(self._ids) and ids == self._ids else ids
+        return self._new_request(msg, bufs, wire, ids, method, block, single=single, post=post, flat=flat)
+
+    def _submit_task(self, msg, bufs, targets, method):
+        """A farm task: one reply, from whichever engine (of `targets`, None: any) runs it."""
+        wire = [] if targets is None else list(targets)
+        return self._new_request(msg, bufs, wire, [None], method, False, single=True)
+
+    def _control(self, action, ids=()):
+        """A request the controller answers itself; its control_reply."""
+        msg = _core.control_request()
+        msg.action = action
+        msg.ids = list(ids)
+        return self._new_request(msg, [], [], [-2], "control", True, single=True).get(30)
+
+    def _abort(self, ids):
+        rep = self._control(0, ids)
+        return len(rep.aborted)
+
+    def queue_status(self, targets=None, verbose=False):
+        """Per engine, the load-balanced tasks it holds ('queued': waiting on it, 'running',
+        'completed'; 'queue' = queued + running, as ipyparallel), and 'unassigned' (accepted,
+        not yet sent to an engine; 'waiting' of those wait for dependencies)."""
+        rep = self._control(1)
+        ids = self.ids if targets is None else self._resolve(targets)
+        out = {}
+        for q in rep.engines:
+            if q.engine in ids:
+                running = min(q.assigned, 1)
+                out[q.engine] = {"queue": q.assigned, "queued": q.assigned - running, "running": running,
+                                 "completed": q.done, "alive": q.alive}
+        out["unassigned"] = rep.unassigned
+        out["waiting"] = rep.waiting
+        return out
+
+    def load_balanced_view(self, targets=None):
+        """A LoadBalancedView over `targets` (default: every engine)."""
+        from .lbview import LoadBalancedView
+
+        return LoadBalancedView(self, targets)
+
+    def abort(self, jobs=None):
+        """Abort queued load-balanced tasks (AsyncResults or ids; default: every outstanding one);
+        returns how many were dropped before they ran."""
+        from .lbview import _task_ids
+
+        ids = list(self.outstanding) if jobs is None else _task_ids(jobs)
+        return self._abort(ids) if ids else 0
 
     def _forget(self, msg_id):
         self._pending.pop(msg_id, None)

@@ -31,9 +31,17 @@ class RemoteError(PclusterError):
         self.engine_info = engine_info or {}
         super().__init__(ename, evalue)
 
+    def __reduce__(self):
+        # Travels back from engines inside results (map(..., return_exceptions=True)).
+        return (type(self), (self.ename, self.evalue, self.traceback, self.engine_info))
+
     @property
     def engine_id(self):
         return self.engine_info.get("engine_id")
+
+    def raise_exception(self):
+        """Raise this error (CompositeError: one of its engines' errors)."""
+        raise self
 
     def _label(self):
         eid = self.engine_info.get("engine_id", "?")
@@ -60,6 +68,40 @@ class RemoteError(PclusterError):
         print("\n".join(self.render_traceback()))
 
 
+class TaskError(RemoteError):
+    """A load-balanced task the controller failed without running it (see the subclasses)."""
+
+
+class TaskAborted(TaskError):
+    """The task was aborted (ar.abort(), the client left, or the job shut down) before it ran."""
+
+
+class TaskTimeout(TaskError):
+    """The task waited longer than its timeout= for its dependencies."""
+
+
+class DependencyError(TaskError):
+    """A dependency failed (DependencyFailed), cannot be met (ImpossibleDependency), or is
+    unknown (InvalidDependency)."""
+
+
+_CONTROLLER_ERRORS = {
+    "TaskAborted": TaskAborted,
+    "TaskTimeout": TaskTimeout,
+    "DependencyFailed": DependencyError,
+    "ImpossibleDependency": DependencyError,
+    "InvalidDependency": DependencyError,
+    "EngineDied": TaskError,
+    "InvalidTask": TaskError,
+}
+
+
+def controller_error(ename, evalue, method):
+    """The exception for an error the controller made up (refusal, task failure)."""
+    cls = _CONTROLLER_ERRORS.get(ename, RemoteError)
+    return cls(ename, evalue, "", {"engine_id": "controller", "method": method})
+
+
 class CompositeError(RemoteError):
     """Errors from several engines; elist holds one RemoteError per failing engine."""
 
@@ -68,6 +110,9 @@ class CompositeError(RemoteError):
         self.elist = list(elist)
         first = self.elist[0]
         super().__init__(first.ename, first.evalue, first.traceback, first.engine_info)
+
+    def __reduce__(self):
+        return (type(self), (self.msg, self.elist))
 
     def __str__(self):
         lines = [f"{self.msg}"]

@@ -156,7 +156,14 @@ class ParallelMagics(Magics):
         except KeyboardInterrupt:
             print("interrupted: the engines keep running the cell; %pxresult shows its result when done")
             raise
-        self._print_output(ar)
+        if stream:
+            self._print_output(ar)
+        else:
+            # Each engine's whole output once, under one label (what streamed is not split up).
+            ar._new_output()  # mark everything as shown
+            for t, out, err in zip(ar._targets, _as_list(ar, ar.stdout), _as_list(ar, ar.stderr)):
+                print_stream("stdout", t, out)
+                print_stream("stderr", t, err)
         if ar.successful():
             for engine, value in zip(ar._targets, _as_list(ar, ar.execute_result)):
                 if value is not None:

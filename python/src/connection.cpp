@@ -253,6 +253,14 @@ void connection::read_loop() {
                 file_output(proto::decode<proto::output>(v));
                 continue;
             }
+            if (proto::is(v, proto::message_type::control_reply)) {
+                auto r = std::make_shared<reply>();
+                r->control = proto::decode<proto::control_reply>(v);
+                r->meta.id = r->control->id;
+                r->meta.engine = controller_engine;
+                file_reply(std::move(r));
+                continue;
+            }
             if (proto::is(v, proto::message_type::shm_frame)) {
                 auto ref = proto::decode<proto::shm_frame>(v);
                 try {
@@ -309,7 +317,7 @@ void connection::on_complete_locked(std::uint64_t id, request& r) {
 
 void connection::file_reply(reply_ptr r) {
     const std::uint64_t id = r->meta.id;
-    const bool refused = r->meta.engine < 0;
+    const bool refused = r->meta.engine == -1;
     {
         // Every target has replied (or the request was refused): no engine reads the request's
         // segment any more, so it may carry the next one.

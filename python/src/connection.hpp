@@ -29,7 +29,11 @@ struct auth_error : std::runtime_error {
 struct reply {
     protocol::engine_reply meta;
     protocol::received_frame frame;
+    // A request the controller answered itself (abort, queue_status): meta.engine is
+    // controller_engine and this holds the answer.
+    std::optional<protocol::control_reply> control;
 };
+inline constexpr std::int32_t controller_engine = -2;
 using reply_ptr = std::shared_ptr<const reply>;
 
 // What a request printed while it ran (protocol::output), in arrival order.

@@ -63,7 +63,11 @@ void send_as(connection& c, const T& msg_in, py::list bufs, bool direct) {
     T msg = msg_in;
     if (c.local()) msg.r.flags |= proto::reply_by_shm;
     auto frame = proto::encode(msg, std::move(spans));
-    const std::size_t replies = msg.r.targets.empty() ? c.engines().size() : msg.r.targets.size();
+    // A task gets one reply (from whichever engine runs it), a control request one from the
+    // controller; other requests one per target.
+    constexpr bool one_reply =
+        std::is_same_v<T, proto::task_request> || std::is_same_v<T, proto::control_request>;
+    const std::size_t replies = one_reply ? 1 : msg.r.targets.empty() ? c.engines().size() : msg.r.targets.size();
     if (!direct && frame.size() <= 4096) {
         // Queued (copied) for the writer thread: no system call, so no reason to drop the GIL.
         c.send(msg.r.id, replies, frame, false);
@@ -205,6 +209,43 @@ PYBIND11_MODULE(_core, m) {
     add_request<proto::map_request>(mp);
     py::class_<proto::shutdown_request> sd(m, "shutdown_request");
     add_request<proto::shutdown_request>(sd);
+    py::class_<proto::task_request> tk(m, "task_request");
+    add_request<proto::task_request>(tk);
+    tk.def_property(
+          "kind", [](const proto::task_request& t) { return static_cast<int>(t.kind); },
+          [](proto::task_request& t, int k) {
+              if (k != 0 && k != 1) throw py::value_error("task kind is 0 (apply) or 1 (map chunk)");
+              t.kind = static_cast<proto::task_kind>(k);
+          })
+        .def_readwrite("after", &proto::task_request::after)
+        .def_readwrite("follow", &proto::task_request::follow)
+        .def_readwrite("retries", &proto::task_request::retries)
+        .def_readwrite("timeout", &proto::task_request::timeout)
+        .def_readwrite("after_failure_ok", &proto::task_request::after_failure_ok)
+        .def_readwrite("return_exceptions", &proto::task_request::return_exceptions);
+    py::class_<proto::control_request> ct(m, "control_request");
+    add_request<proto::control_request>(ct);
+    ct.def_property(
+          "action", [](const proto::control_request& c) { return static_cast<int>(c.action); },
+          [](proto::control_request& c, int a) {
+              if (a < 0 || a > 2) throw py::value_error("control action is 0 (abort), 1 (queue_status) or 2");
+              c.action = static_cast<proto::control_action>(a);
+          })
+        .def_readwrite("ids", &proto::control_request::ids);
+    py::class_<proto::engine_queue>(m, "engine_queue")
+        .def_readonly("engine", &proto::engine_queue::engine)
+        .def_readonly("assigned", &proto::engine_queue::assigned)
+        .def_readonly("done", &proto::engine_queue::done)
+        .def_readonly("alive", &proto::engine_queue::alive);
+    py::class_<proto::control_reply>(m, "control_reply")
+        .def_readonly("id", &proto::control_reply::id)
+        .def_readonly("ok", &proto::control_reply::ok)
+        .def_readonly("message", &proto::control_reply::message)
+        .def_readonly("aborted", &proto::control_reply::aborted)
+        .def_readonly("refused", &proto::control_reply::refused)
+        .def_readonly("engines", &proto::control_reply::engines)
+        .def_readonly("unassigned", &proto::control_reply::unassigned)
+        .def_readonly("waiting", &proto::control_reply::waiting);
 
     py::class_<proto::engine_reply>(m, "engine_reply")
         .def(py::init<>())
@@ -243,11 +284,16 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("completed", [](const reply& r) { return r.meta.completed; })
         .def_property_readonly("stdout", [](const reply& r) { return r.meta.stdout_text; })
         .def_property_readonly("stderr", [](const reply& r) { return r.meta.stderr_text; })
+        .def_property_readonly("control", [](const reply& r) -> py::object {
+            if (!r.control) return py::none();
+            return py::cast(*r.control);
+        })
         .def_property_readonly("execute_result", [](const reply& r) -> py::object {
             if (!r.meta.has_execute_result) return py::none();
             return py::str(r.meta.execute_result);
         })
         .def("buffers", [](const reply& r) {
+            if (!r.frame.bytes) return py::list();
             auto v = r.frame.view();
             std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
             for (std::uint32_t i = 0; i < v.nbufs(); ++i) ranges.emplace_back(v.buf_offset(i), v.buf_len(i));
@@ -272,6 +318,8 @@ PYBIND11_MODULE(_core, m) {
         .def("send", &send_as<proto::gather_request>)
         .def("send", &send_as<proto::map_request>)
         .def("send", &send_as<proto::shutdown_request>)
+        .def("send", &send_as<proto::task_request>)
+        .def("send", &send_as<proto::control_request>)
         // Waits in slices so Ctrl-C (a pending Python signal) interrupts a blocking wait at once.
         // Returns (replies, output chunks) once complete and taken, None otherwise (time-out,
         // connection closed, or another thread took it).

@@ -139,7 +139,8 @@ class Job:
         )
 
     def log_text(self):
-        self._logf.flush()
+        if not self._logf.closed:
+            self._logf.flush()
         try:
             return self.log.read_text(errors="replace")
         except OSError:

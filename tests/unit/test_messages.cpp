@@ -22,6 +22,13 @@ template <> scatter_request sample() { return scatter_request{sample_route(), "x
 template <> gather_request sample() { return gather_request{sample_route(), "x"}; }
 template <> map_request sample() { return map_request{sample_route()}; }
 template <> shutdown_request sample() { return shutdown_request{route{}}; }
+template <> task_request sample() {
+    return task_request{sample_route(), task_kind::map_chunk, {1, 2}, {3}, 2, 30.5, true, true};
+}
+template <> control_request sample() { return control_request{sample_route(), control_action::abort, {5, 6}}; }
+template <> control_reply sample() {
+    return control_reply{9, true, "ok", {5}, {"task 6: running on engine 2"}, {{0, 2, 10, true}, {1, 0, 3, false}}, 4, 1};
+}
 template <> engine_reply sample() {
     return engine_reply{42, 3, reply_status::error, "NameError", "name 'a' is not defined", {"Traceback...", "NameError"}, 1.5, 2.5,
                         "printed\n", "warned\n", "42", true};
@@ -37,7 +44,7 @@ template <> bridge_ready sample() { return bridge_ready{"127.0.0.1", 40000, "/ro
 
 TEMPLATE_TEST_CASE("every message survives a frame round trip", "[messages]", challenge, auth_request, auth_reply,
                    execute_request, push_request, pull_request, apply_request, scatter_request, gather_request,
-                   map_request, shutdown_request, engine_reply, job_ended, output, shm_frame, shm_return, job_info,
+                   map_request, shutdown_request, task_request, control_request, control_reply, engine_reply, job_ended, output, shm_frame, shm_return, job_info,
                    bridge_ready) {
     const TestType msg = sample<TestType>();
     const std::string payload_a = "stream", payload_b(100000, 'z');

@@ -31,10 +31,13 @@ enum class message_type : std::uint16_t {
     gather_request = 15,
     map_request = 16,
     shutdown_request = 17,
+    task_request = 18,
+    control_request = 19,
     // replies and notices, back towards the client
     engine_reply = 40,
     job_ended = 41,
     output = 42,
+    control_reply = 43,
     // a large frame handed over in shared memory (same host only)
     shm_frame = 20,
     shm_return = 21,
@@ -192,6 +195,71 @@ struct shutdown_request {
     void serialize(Archive& ar, std::uint32_t) { ar(r); }
 };
 
+// A task for the load-balanced farm: the controller's scheduler picks the engine (among
+// r.targets, empty: any) when the task's dependencies are done; the engine replies with one
+// engine_reply, with the task's id. Shared buffers: pickled (fbytes, args, kwargs) for
+// task_kind::apply, (fbytes, [argument tuples], None) for task_kind::map_chunk, fbytes being
+// the cloudpickle of the function. part_bufs must be empty.
+//   after:   ids of tasks that must have finished first (successfully unless after_failure_ok);
+//   follow:  ids of tasks that must have finished successfully; runs on the engine they ran on;
+//   retries: how many more times a task whose engine raised is tried, on other engines;
+//   timeout: seconds it may wait for its dependencies (<= 0: no limit), then fails TaskTimeout.
+enum class task_kind : std::uint8_t { apply = 0, map_chunk = 1 };
+struct task_request {
+    bool operator==(const task_request&) const = default;
+    route r;
+    task_kind kind = task_kind::apply;
+    std::vector<std::uint64_t> after;
+    std::vector<std::uint64_t> follow;
+    std::int32_t retries = 0;
+    double timeout = 0;
+    bool after_failure_ok = false;
+    bool return_exceptions = false;  // map_chunk: an item that raises comes back as its error
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) {
+        ar(r, kind, after, follow, retries, timeout, after_failure_ok, return_exceptions);
+    }
+};
+
+// Requests the controller answers itself, with one control_reply; never reach engines.
+//   abort:        drop the tasks `ids` (the caller's own) that have not been sent to an engine;
+//                 each then fails with TaskAborted; running ones are named in `refused`.
+//   queue_status: per engine tasks sent and not answered, and done; tasks not yet sent.
+//   forget_client: the bridge says client (r.id >> 32) left: its queued tasks are dropped.
+enum class control_action : std::uint8_t { abort = 0, queue_status = 1, forget_client = 2 };
+struct control_request {
+    bool operator==(const control_request&) const = default;
+    route r;
+    control_action action = control_action::queue_status;
+    std::vector<std::uint64_t> ids;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(r, action, ids); }
+};
+
+struct engine_queue {
+    bool operator==(const engine_queue&) const = default;
+    std::int32_t engine = 0;
+    std::int32_t assigned = 0;  // sent, not yet answered (running or waiting on the engine)
+    std::uint64_t done = 0;     // answered
+    bool alive = true;
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(engine, assigned, done, alive); }
+};
+
+struct control_reply {
+    bool operator==(const control_reply&) const = default;
+    std::uint64_t id = 0;
+    bool ok = true;
+    std::string message;
+    std::vector<std::uint64_t> aborted;
+    std::vector<std::string> refused;  // "task <id>: <reason>"
+    std::vector<engine_queue> engines;
+    std::uint64_t unassigned = 0;  // accepted, not yet sent (waiting ones included)
+    std::uint64_t waiting = 0;     // of those, waiting for dependencies
+    template <class Archive>
+    void serialize(Archive& ar, std::uint32_t) { ar(id, ok, message, aborted, refused, engines, unassigned, waiting); }
+};
+
 enum class reply_status : std::uint8_t { ok = 0, error = 1 };
 
 // One per target engine per request. engine == -1: the controller or bridge refused the whole
@@ -308,6 +376,9 @@ PCLUSTER_MESSAGE(scatter_request)
 PCLUSTER_MESSAGE(gather_request)
 PCLUSTER_MESSAGE(map_request)
 PCLUSTER_MESSAGE(shutdown_request)
+PCLUSTER_MESSAGE(task_request)
+PCLUSTER_MESSAGE(control_request)
+PCLUSTER_MESSAGE(control_reply)
 PCLUSTER_MESSAGE(engine_reply)
 PCLUSTER_MESSAGE(job_ended)
 PCLUSTER_MESSAGE(output)
@@ -332,6 +403,8 @@ bool visit_request_type(std::uint16_t type, F&& f) {
     case message_type::gather_request: f(gather_request{}); return true;
     case message_type::map_request: f(map_request{}); return true;
     case message_type::shutdown_request: f(shutdown_request{}); return true;
+    case message_type::task_request: f(task_request{}); return true;
+    case message_type::control_request: f(control_request{}); return true;
     default: return false;
     }
 }
@@ -351,6 +424,10 @@ CEREAL_CLASS_VERSION(pcluster::protocol::scatter_request, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::gather_request, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::map_request, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::shutdown_request, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::task_request, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::control_request, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::engine_queue, 1)
+CEREAL_CLASS_VERSION(pcluster::protocol::control_reply, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::engine_reply, 2)
 CEREAL_CLASS_VERSION(pcluster::protocol::output, 1)
 CEREAL_CLASS_VERSION(pcluster::protocol::job_ended, 1)

@@ -7,7 +7,9 @@
 //     is small), [Ibcast(blob: the request frame up to its parts) when it is not],
 //     [Iscatterv(parts) | point-to-point parts when they exceed int counts].
 //   P (point-to-point, communicator `p2p_comm`): requests for some engines, sent to each target:
-//     tag_p_head carries {bcast_before, blob_len, part_len, has_parts}, tag_p_data the blob and
+//     tag_p_head carries {bcast_before, blob_len, part_len, has_parts}, followed in the same
+//     message by the blob and the part when all fit in p_message_size (most single-engine
+//     requests and farm tasks: one message each); otherwise tag_p_data carries the blob and
 //     then the engine's own part (in chunks of at most 1 GiB). An engine that is not targeted is
 //     not involved at all - it may be busy running Python for another request.
 // Replies, from either channel, go point to point to rank 0 on `reply_comm` as soon as each
@@ -100,6 +102,14 @@ struct p_head {
     std::uint64_t part_len;
     std::uint64_t has_parts;
 };
+
+// The engines' receive buffer for P heads: a request whose head, blob and part fit travels in
+// one message. Under Open MPI's 4 KiB shared-memory eager limit, so the send never waits for
+// the engine.
+inline constexpr std::size_t p_message_size = 4000;
+inline bool p_inline(std::uint64_t blob_len, std::uint64_t part_len) {
+    return sizeof(p_head) + blob_len + part_len <= p_message_size;
+}
 
 // Whether the parts of a B request fit Iscatterv's int counts and displacements.
 inline bool parts_fit_scatterv(const std::vector<std::uint64_t>& part_lens) {

@@ -1,0 +1,348 @@
+"""LoadBalancedView: tasks the controller's scheduler sends to whichever engine is free.
+
+    lv = rc.load_balanced_view()                  # all engines; load_balanced_view(targets=[...])
+    ar = lv.apply(f, x)                           # AsyncResult (lv.block is False by default)
+    lv.map(f, range(100_000), chunksize=1000)     # ordered; ordered=False yields as chunks finish
+    for r in lv.imap(f, big_iterable): ...        # lazy, a bounded number of tasks in flight
+    lv.apply_async(g, after=[ar1], follow=[ar2], retries=2, timeout=30)
+    ar.abort()                                    # queued tasks are dropped: TaskAborted
+    rc.queue_status()
+
+Scheduling (least load, a small prefetch window per engine, dependencies, retries, timeouts,
+abort) happens in the C++ controller; see mpi_controller/scheduler.hpp.
+"""
+
+import concurrent.futures
+import contextlib
+import itertools
+import math
+import numbers
+import threading
+
+from . import _core, serialize
+from .asyncresult import AsyncResult, _timeout_arg
+from .error import CompositeError
+
+_APPLY, _MAP_CHUNK = 0, 1
+_FLAGS = ("after", "follow", "retries", "timeout", "targets")
+
+
+def _task_ids(deps):
+    """Ids of the tasks behind dependencies: AsyncResults, AsyncMapResults, ids, or lists."""
+    if deps is None:
+        return []
+    if isinstance(deps, (AsyncResult, AsyncMapResult)) or isinstance(deps, numbers.Integral):
+        deps = [deps]
+    ids = []
+    for d in deps:
+        if isinstance(d, AsyncMapResult):
+            ids.extend(d.msg_ids)
+        elif isinstance(d, AsyncResult):
+            ids.append(d.msg_id)
+        elif isinstance(d, numbers.Integral):
+            ids.append(int(d))
+        elif isinstance(d, (list, tuple, set)):
+            ids.extend(_task_ids(list(d)))
+        else:
+            raise TypeError(f"a dependency is an AsyncResult or a task id, not {type(d).__name__}")
+    return ids
+
+
+class LoadBalancedView:
+    """Tasks go to free engines; methods take block= (default: view.block, False)."""
+
+    def __init__(self, client, targets=None):
+        self.client = client
+        self.targets = None if targets is None else client._resolve(targets)
+        self.block = False
+        self.after = None
+        self.follow = None
+        self.retries = 0
+        self.timeout = None
+
+    def __repr__(self):
+        return f"<LoadBalancedView {self.targets if self.targets is not None else 'all'}>"
+
+    def __len__(self):
+        return len(self.targets) if self.targets is not None else len(self.client)
+
+    # --- flags, as in ipyparallel ---
+    def set_flags(self, **flags):
+        """after=, follow=, retries=, timeout=, targets=, block= for the following calls."""
+        for k, v in flags.items():
+            if k not in _FLAGS + ("block",):
+                raise KeyError(f"no flag {k!r}: flags are {', '.join(_FLAGS + ('block',))}")
+            if k == "targets":
+                v = None if v is None else self.client._resolve(v)
+            setattr(self, k, v)
+
+    @contextlib.contextmanager
+    def temp_flags(self, **flags):
+        saved = {k: getattr(self, k) for k in flags}
+        self.set_flags(**flags)
+        try:
+            yield self
+        finally:
+            for k, v in saved.items():
+                setattr(self, k, v)
+
+    # --- submission ---
+    def _task(self, kind, bufs, method, after, follow, retries, timeout, return_exceptions=False):
+        msg = _core.task_request()
+        msg.kind = kind
+        msg.after = _task_ids(self.after if after is None else after)
+        msg.follow = _task_ids(self.follow if follow is None else follow)
+        r = self.retries if retries is None else retries
+        if not isinstance(r, numbers.Integral) or r < 0:
+            raise ValueError(f"retries must be a whole number >= 0, not {r!r}")
+        msg.retries = int(r)
+        t = self.timeout if timeout is None else timeout
+        msg.timeout = 0.0 if t is None or t < 0 else float(t)
+        msg.return_exceptions = return_exceptions
+        msg.r.shared_bufs = len(bufs)
+        return self.client._submit_task(msg, bufs, self.targets, method)
+
+    def apply(self, f, *args, after=None, follow=None, retries=None, timeout=None, block=None, **kwargs):
+        """f(*args, **kwargs) on whichever engine is free. after/follow/retries/timeout override
+        the view's flags (a function that needs a keyword argument of one of these names takes
+        it through functools.partial)."""
+        if not callable(f):
+            raise TypeError(f"apply needs a callable, not {type(f).__name__}")
+        bufs = serialize.checked_dumps_call(f, args, kwargs)
+        ar = self._task(_APPLY, bufs, "apply", after, follow, retries, timeout)
+        return ar.get() if (self.block if block is None else block) else ar
+
+    def apply_async(self, f, *args, **kwargs):
+        return self.apply(f, *args, block=False, **kwargs)
+
+    def apply_sync(self, f, *args, **kwargs):
+        return self.apply(f, *args, block=True, **kwargs)
+
+    def _default_chunksize(self, n):
+        # A few chunks per engine: load balance without a task per item.
+        return max(1, math.ceil(n / (4 * len(self))))
+
+    def map(self, f, *seqs, chunksize=None, ordered=True, return_exceptions=False, block=None, **flags):
+        """[f(*xs) for xs in zip(*seqs)] in chunks of `chunksize` items, each chunk a task.
+        chunksize=None: about four chunks per engine. ordered=False: iteration yields results as
+        chunks finish. return_exceptions=True: an item that raises gives its RemoteError in its
+        place instead of failing the map."""
+        if not seqs:
+            raise TypeError("map needs at least one sequence")
+        if not callable(f):
+            raise TypeError(f"map needs a callable, not {type(f).__name__}")
+        seqs = [s if hasattr(s, "__len__") and hasattr(s, "__getitem__") else list(s) for s in seqs]
+        n = min(len(s) for s in seqs)
+        cs = self._default_chunksize(n) if chunksize is None else chunksize
+        if not isinstance(cs, numbers.Integral) or cs < 1:
+            raise ValueError(f"chunksize must be a whole number >= 1, not {cs!r}")
+        fbytes = _function_bytes(f)
+        children = []
+        for lo in range(0, n, cs):
+            args = list(zip(*(s[lo : lo + cs] for s in seqs)))
+            children.append(self._chunk(fbytes, args, return_exceptions, flags))
+        amr = AsyncMapResult(self.client, children, ordered, return_exceptions)
+        return amr.get() if (self.block if block is None else block) else amr
+
+    def map_async(self, f, *seqs, **kwargs):
+        return self.map(f, *seqs, block=False, **kwargs)
+
+    def map_sync(self, f, *seqs, **kwargs):
+        return self.map(f, *seqs, block=True, **kwargs)
+
+    def _chunk(self, fbytes, args, return_exceptions, flags):
+        bufs = serialize.checked_dumps((fbytes, args, None), "the mapped items")
+        return self._task(
+            _MAP_CHUNK,
+            bufs,
+            "map",
+            flags.get("after"),
+            flags.get("follow"),
+            flags.get("retries"),
+            flags.get("timeout"),
+            return_exceptions,
+        )
+
+    def imap(self, f, *iterables, chunksize=1, ordered=True, max_outstanding="auto", return_exceptions=False):
+        """Lazy map: reads the iterables as results are consumed, with at most max_outstanding
+        chunks in flight (auto: two per engine beyond the engines' prefetch), and yields results
+        in order (ordered=False: as chunks finish)."""
+        if max_outstanding == "auto":
+            max_outstanding = 4 * len(self)
+        if not isinstance(chunksize, numbers.Integral) or chunksize < 1:
+            raise ValueError(f"chunksize must be a whole number >= 1, not {chunksize!r}")
+        fbytes = _function_bytes(f)
+        items = zip(*iterables)
+        return _imap(self, fbytes, items, chunksize, ordered, max(1, int(max_outstanding)), return_exceptions)
+
+
+def _function_bytes(f):
+    try:
+        return serialize.dumps_function(f)
+    except Exception as e:
+        what = getattr(f, "__name__", "the function")
+        raise TypeError(f"cannot send {what} to the engines: it cannot be pickled ({type(e).__name__}: {e})") from e
+
+
+def _imap(lv, fbytes, items, chunksize, ordered, max_outstanding, return_exceptions):
+    inflight = []  # chunk AsyncResults, in submission order
+    exhausted = False
+
+    def fill():
+        nonlocal exhausted
+        while not exhausted and len(inflight) < max_outstanding:
+            chunk = list(itertools.islice(items, chunksize))
+            if not chunk:
+                exhausted = True
+                break
+            inflight.append(lv._chunk(fbytes, chunk, return_exceptions, {}))
+
+    fill()
+    try:
+        while inflight:
+            if ordered:
+                ar = inflight.pop(0)
+            else:
+                done, _ = concurrent.futures.wait(inflight, return_when=concurrent.futures.FIRST_COMPLETED)
+                ar = next(a for a in inflight if a in done)
+                inflight.remove(ar)
+            values = ar.get()
+            fill()
+            yield from values
+    finally:
+        left = [ar.msg_id for ar in inflight if not ar.done()]
+        if left:  # the consumer stopped early: drop what has not started
+            try:
+                lv.client._abort(left)
+            except Exception:  # the job may be gone; nothing then runs them anyway
+                pass
+
+
+class AsyncMapResult(AsyncResult):
+    """Result of a load-balanced map: one task per chunk. A Future of the whole list; iterating
+    yields values as chunks finish (in order, or as they come with ordered=False)."""
+
+    def __init__(self, client, children, ordered=True, return_exceptions=False):
+        concurrent.futures.Future.__init__(self)
+        self._client = client
+        self._children = list(children)
+        self._ordered = ordered
+        self._return_exceptions = return_exceptions
+        self._method = "map"
+        self._single = False
+        self._flat = True
+        self._post = None
+        self._targets = [None] * len(self._children)
+        self.msg_id = self._children[0].msg_id if self._children else None
+        self._left = len(self._children)
+        self._lock = threading.Lock()
+        if not self._children:
+            self.set_result([])
+        for c in self._children:
+            c.add_done_callback(self._child_done)
+
+    def __repr__(self):
+        return f"<AsyncMapResult: {self.progress}/{len(self._children)} chunks done>"
+
+    @property
+    def msg_ids(self):
+        return [c.msg_id for c in self._children]
+
+    def _child_done(self, _):
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if not last:
+            return
+        errors = [c.exception(0) for c in self._children if c.exception(0) is not None]
+        try:
+            if errors:
+                if len(errors) == 1:
+                    self.set_exception(errors[0])
+                else:
+                    flat = []
+                    for e in errors:
+                        flat.extend(e.elist if isinstance(e, CompositeError) else [e])
+                    self.set_exception(CompositeError(f"{len(errors)} of {len(self._children)} map chunks failed", flat))
+            else:
+                out = []
+                for c in self._children:
+                    out.extend(c.result(0))
+                self.set_result(out)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+    def _collect(self, timeout):
+        if self.done():
+            return True
+        t = _timeout_arg(timeout)
+        for c in self._children:
+            if not c._collect(t):
+                return False
+        concurrent.futures.wait([self], timeout=1.0)  # the last child's callback settles us
+        return self.done()
+
+    def _blocking_wait(self, timeout):
+        return AsyncResult._blocking_wait(self, timeout)
+
+    @property
+    def progress(self):
+        return sum(c.done() for c in self._children)
+
+    def wait_interactive(self, interval=0.1, timeout=-1, return_value=False):
+        from . import _progress
+        import time
+
+        t = _timeout_arg(timeout)
+        deadline = None if t is None else time.monotonic() + t
+        with _progress.bar(len(self._children), "map") as bar:
+            while not self.done():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                concurrent.futures.wait(self._children, timeout=interval, return_when=concurrent.futures.FIRST_COMPLETED)
+                bar.update_to(self.progress)
+                if self.progress == len(self._children):
+                    self._collect(None)
+            bar.update_to(self.progress)
+        if return_value:
+            return self.done()
+        if not self.done():
+            raise TimeoutError(f"map not finished after {timeout} s")
+
+    def __iter__(self):
+        if self._ordered:
+            for c in self._children:
+                yield from c.get()
+        else:
+            for c in concurrent.futures.as_completed(self._children):
+                yield from c.get()
+
+    def __len__(self):
+        return len(self._children)
+
+    def abort(self):
+        """Drops the chunks not yet sent to an engine (they fail with TaskAborted); returns the
+        number aborted. Chunks already running finish."""
+        pending = [c for c in self._children if not c.done()]
+        return self._client._abort([c.msg_id for c in pending]) if pending else 0
+
+    def _per_engine(self, k):
+        return [c._per_engine(k) for c in self._children]
+
+    @property
+    def metadata(self):
+        return [c.metadata for c in self._children]
+
+    @property
+    def elapsed(self):
+        import time
+
+        if not self._children:
+            return 0.0
+        start = min(c._submitted for c in self._children)
+        if self.done():
+            return max((c._received or time.time()) for c in self._children) - start
+        return time.time() - start
+
+    def get_dict(self, timeout=-1):
+        raise ValueError("a map result is not one value per engine")
