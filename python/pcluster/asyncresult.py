@@ -70,8 +70,6 @@ class AsyncResult(concurrent.futures.Future):
     def _absorb_output(self, chunks):
         with _out_lock:
             for engine, out, err in chunks:
-                if self._targets == [None]:
-                    self._targets = [engine]
                 slot = self._out.setdefault(engine, ["", ""])
                 if out:
                     slot[0] += out
@@ -324,6 +322,9 @@ class AsyncResult(concurrent.futures.Future):
     def _per_engine(self, k):
         self._pull_output()
         with _out_lock:
+            if self._targets == [None]:
+                # A task not finished yet: what its tries printed so far, wherever they ran.
+                return "".join(v[k] for v in self._out.values())
             vals = [self._out.get(t, ["", ""])[k] for t in self._targets]
         return vals[0] if self._single else vals
 

@@ -113,6 +113,7 @@ class Client:
         global _newest
         _newest = weakref.ref(self)
         self._seq = itertools.count(1)
+        self._issued = 0  # the low 32 bits of the newest request id
         self._lock = threading.Lock()
         self._engines = {e.id: e for e in self._conn.engines}
         self._ids = sorted(self._engines)
@@ -169,7 +170,8 @@ class Client:
         """Numbers, registers and sends a request; its AsyncResult. wire_targets: engines on the
         wire (empty: all, or any for a task); ar_targets: whose replies the result waits for."""
         with self._lock:
-            msg_id = (self._conn.client_no << 32) | next(self._seq)
+            self._issued = next(self._seq)
+            msg_id = (self._conn.client_no << 32) | self._issued
         msg.r.id = msg_id
         msg.r.targets = wire_targets
         if self.capture_output:
@@ -190,7 +192,9 @@ class Client:
     def _submit_task(self, msg, bufs, targets, method):
         """A farm task: one reply, from whichever engine (of `targets`, None: any) runs it."""
         wire = [] if targets is None else list(targets)
-        return self._new_request(msg, bufs, wire, [None], method, False, single=True)
+        ar = self._new_request(msg, bufs, wire, [None], method, False, single=True)
+        ar._is_task = True
+        return ar
 
     def _control(self, action, ids=()):
         """A request the controller answers itself; its control_reply."""

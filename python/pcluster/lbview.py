@@ -38,6 +38,11 @@ def _task_ids(deps):
         if isinstance(d, AsyncMapResult):
             ids.extend(d.msg_ids)
         elif isinstance(d, AsyncResult):
+            if not getattr(d, "_is_task", False):
+                raise TypeError(
+                    "after=/follow= name load-balanced tasks; a DirectView result is not one "
+                    "(wait for it first: ar.wait())"
+                )
             ids.append(d.msg_id)
         elif isinstance(d, numbers.Integral):
             ids.append(int(d))
@@ -90,8 +95,8 @@ class LoadBalancedView:
     def _task(self, kind, bufs, method, after, follow, retries, timeout, return_exceptions=False):
         msg = _core.task_request()
         msg.kind = kind
-        msg.after = _task_ids(self.after if after is None else after)
-        msg.follow = _task_ids(self.follow if follow is None else follow)
+        msg.after = self._checked_deps(self.after if after is None else after)
+        msg.follow = self._checked_deps(self.follow if follow is None else follow)
         r = self.retries if retries is None else retries
         if not isinstance(r, numbers.Integral) or r < 0:
             raise ValueError(f"retries must be a whole number >= 0, not {r!r}")
@@ -101,6 +106,20 @@ class LoadBalancedView:
         msg.return_exceptions = return_exceptions
         msg.r.shared_bufs = len(bufs)
         return self.client._submit_task(msg, bufs, self.targets, method)
+
+    def _checked_deps(self, deps):
+        """Task ids of deps; an id that no task can have (client number 0, or one of ours not
+        issued yet) is refused here. The controller checks the rest (DependencyError)."""
+        ids = _task_ids(deps)
+        mine = self.client._conn.client_no
+        issued = self.client._issued
+        for i in ids:
+            if i >> 32 == 0 or (i >> 32 == mine and (i & 0xFFFFFFFF) > issued):
+                raise ValueError(
+                    f"unknown task id {i} in after=/follow=: pass AsyncResults (or their msg_id) of "
+                    f"tasks already submitted"
+                )
+        return ids
 
     def apply(self, f, *args, after=None, follow=None, retries=None, timeout=None, block=None, **kwargs):
         """f(*args, **kwargs) on whichever engine is free. after/follow/retries/timeout override
@@ -131,6 +150,12 @@ class LoadBalancedView:
             raise TypeError("map needs at least one sequence")
         if not callable(f):
             raise TypeError(f"map needs a callable, not {type(f).__name__}")
+        unknown = set(flags) - {"after", "follow", "retries", "timeout"}
+        if unknown:
+            raise TypeError(
+                f"map got unknown keyword(s) {', '.join(sorted(unknown))}: it takes chunksize, ordered, "
+                f"return_exceptions, block, after, follow, retries, timeout"
+            )
         seqs = [s if hasattr(s, "__len__") and hasattr(s, "__getitem__") else list(s) for s in seqs]
         n = min(len(s) for s in seqs)
         cs = self._default_chunksize(n) if chunksize is None else chunksize
@@ -167,6 +192,8 @@ class LoadBalancedView:
         """Lazy map: reads the iterables as results are consumed, with at most max_outstanding
         chunks in flight (auto: two per engine beyond the engines' prefetch), and yields results
         in order (ordered=False: as chunks finish)."""
+        if not iterables:
+            raise TypeError("imap needs at least one iterable")
         if max_outstanding == "auto":
             max_outstanding = 4 * len(self)
         if not isinstance(chunksize, numbers.Integral) or chunksize < 1:
@@ -273,14 +300,23 @@ class AsyncMapResult(AsyncResult):
             pass
 
     def _collect(self, timeout):
+        import time
+
         if self.done():
             return True
         t = _timeout_arg(timeout)
+        deadline = None if t is None else time.monotonic() + t
         for c in self._children:
-            if not c._collect(t):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not c._collect(left):
                 return False
         concurrent.futures.wait([self], timeout=1.0)  # the last child's callback settles us
         return self.done()
+
+    @property
+    def engine_id(self):
+        """Per chunk, the engine it ran on (None while it has not)."""
+        return [c.engine_id for c in self._children]
 
     def _blocking_wait(self, timeout):
         return AsyncResult._blocking_wait(self, timeout)
