@@ -209,3 +209,11 @@ def shield_cleanup():
     """Call first thing in a `finally` that stops clusters: no alarm or SIGTERM may cut the cleanup short."""
     signal.alarm(0)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def pcluster_env(bin_dir, py_dir):
+    """base_env() with a pcluster build's bin/ on PATH and its python/ on PYTHONPATH."""
+    env = base_env()
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (py_dir, env.get("PYTHONPATH")) if p)
+    return env

@@ -24,8 +24,8 @@ def noop():
     """Remote no-op for the apply round trip."""
 
 
-def connect(pcluster, proc, conn_file, log_file, t0, limit):
-    """Client attached to the job once its connection file exists and all engines are registered.
+def connect(pcluster, proc, conn_file, log_file, t0, limit, engines=bl.N_ENGINES):
+    """Client attached to the job once its connection file exists and `engines` engines are registered.
 
     Retries Client() until `limit` seconds after t0, since the file may be seen half-written; fails
     early with mpirun's output if mpirun exits first.
@@ -45,7 +45,7 @@ def connect(pcluster, proc, conn_file, log_file, t0, limit):
             except Exception as exc:
                 last_error = bl.error_text(exc)
         time.sleep(0.002)
-    while len(rc.ids) < bl.N_ENGINES:
+    while len(rc.ids) < engines:
         if proc.poll() is not None:
             raise RuntimeError(f"mpirun exited with {proc.returncode} before all engines registered:\n{bl.tail(log_file)}")
         if time.perf_counter() - t0 > limit:
@@ -94,9 +94,7 @@ def main():
         sys.path.insert(0, py_dir)
         import pcluster  # imported before t0: start_ready must not include the client's import
 
-        env = bl.base_env()
-        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (py_dir, env.get("PYTHONPATH")) if p)
+        env = bl.pcluster_env(bin_dir, py_dir)
         cmd = ["mpirun", "-n", str(bl.N_ENGINES + 1), "--oversubscribe", exe, "--connection-file", conn_file]
         out["meta"]["command"] = " ".join(cmd)
 

@@ -7,7 +7,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <csignal>
 #include <cstring>
 #include <deque>
@@ -81,7 +83,8 @@ public:
         n_ = size - 1;
         p2p_sent_.assign(n_, 0);
         pending_.resize(n_);
-        sched_.emplace(n_, scheduler_options{prefetch_from_env()});
+        fixed_prefetch_ = prefetch_from_env();
+        sched_.emplace(n_, scheduler_options{fixed_prefetch_ ? fixed_prefetch_ : 2, max_prefetch});
         shm_owner_ = "s" + std::to_string(getpid());
     }
     ~controller() {
@@ -452,9 +455,25 @@ private:
     }
 
     // ---- the task farm (scheduler.hpp decides; this sends and answers) ----
+    // PCLUSTER_TASK_PREFETCH=k fixes the window; otherwise it adapts (see adapt_prefetch).
     static int prefetch_from_env() {
         const char* v = std::getenv("PCLUSTER_TASK_PREFETCH");
-        return v && std::atoi(v) > 0 ? std::atoi(v) : 2;
+        return v && std::atoi(v) > 0 ? std::min(std::atoi(v), max_prefetch) : 0;
+    }
+
+    // The prefetch window must cover the time from an engine finishing a task to the next one
+    // reaching it (its reply to us, our loop, the send): about reaction_s. Tasks much shorter
+    // than that need a deep window or engines idle between them; long tasks need only 2 (one
+    // running, one waiting), which keeps the balance between engines fine-grained. The window
+    // follows a moving average of task run times, checked every 32 replies.
+    void adapt_prefetch(double run_s) {
+        if (fixed_prefetch_) return;
+        mean_run_s_ = mean_run_s_ < 0 ? run_s : 0.9 * mean_run_s_ + 0.1 * run_s;
+        if (++replies_since_adapt_ < 32) return;
+        replies_since_adapt_ = 0;
+        constexpr double reaction_s = 300e-6;
+        const double want = std::ceil(reaction_s / std::max(mean_run_s_, 1e-6)) + 1;
+        sched_->set_prefetch(static_cast<int>(std::clamp(want, 2.0, 32.0)));
     }
 
     void submit_task(const proto::task_request& t, std::vector<int> engines, proto::received_frame f) {
@@ -504,7 +523,9 @@ private:
     bool task_reply_wanted(const pending& p, const proto::frame_view& v) {
         bool ok = false;
         try {
-            ok = proto::decode<proto::engine_reply>(v).status == proto::reply_status::ok;
+            const auto rep = proto::decode<proto::engine_reply>(v);
+            ok = rep.status == proto::reply_status::ok;
+            adapt_prefetch(std::max(0.0, rep.completed - rep.started));
         } catch (const std::exception& e) {
             spdlog::error("engine {} sent a bad reply for task {:#x}: {}", p.engine, p.id, e.what());
         }
@@ -737,7 +758,11 @@ private:
         proto::received_frame frame;
         proto::route r;
     };
+    static constexpr int max_prefetch = 32;
     std::optional<scheduler> sched_;
+    int fixed_prefetch_ = 0;
+    double mean_run_s_ = -1;
+    int replies_since_adapt_ = 0;
     std::unordered_map<std::uint64_t, task_entry> tasks_;
     std::set<std::uint32_t> task_clients_;
     bool stopping_ = false;

@@ -120,7 +120,7 @@ struct scheduler::impl {
 
     impl(int n, const scheduler_options& opt)
         : prefetch(opt.prefetch), remember_finished(opt.remember_finished), alive(n),
-          engines(static_cast<std::size_t>(n)), free(opt.prefetch), restricted(opt.prefetch) {
+          engines(static_cast<std::size_t>(n)), free(opt.max_prefetch), restricted(opt.max_prefetch) {
         for (int e = 0; e < n; ++e)
             file(e);
     }
@@ -288,11 +288,23 @@ struct scheduler::impl {
 scheduler::scheduler(int engines, scheduler_options opt) {
     if (engines < 0) throw std::invalid_argument("scheduler: negative number of engines");
     if (opt.prefetch < 1) throw std::invalid_argument("scheduler: prefetch must be at least 1");
+    if (opt.max_prefetch < opt.prefetch) throw std::invalid_argument("scheduler: max_prefetch below prefetch");
+    max_prefetch_ = opt.max_prefetch;
     impl_ = std::make_unique<impl>(engines, opt);
 }
 scheduler::~scheduler() = default;
 scheduler::scheduler(scheduler&&) noexcept = default;
 scheduler& scheduler::operator=(scheduler&&) noexcept = default;
+
+void scheduler::set_prefetch(int prefetch) {
+    if (prefetch < 1 || prefetch > max_prefetch_)
+        throw std::invalid_argument("scheduler: prefetch must be 1.." + std::to_string(max_prefetch_));
+    if (prefetch == impl_->prefetch) return;
+    impl_->prefetch = prefetch;
+    for (int e = 0; e < static_cast<int>(impl_->engines.size()); ++e) impl_->file(e);
+}
+
+int scheduler::prefetch() const { return impl_->prefetch; }
 
 int scheduler::engines() const {
     return static_cast<int>(impl_->engines.size());

@@ -90,6 +90,8 @@ struct scheduler_options {
     // Tasks an engine may hold at once (one running, the rest queued there so it never idles
     // between tasks). 1 = strict load balancing, no prefetch.
     int prefetch = 2;
+    // The most set_prefetch() may set later.
+    int max_prefetch = 64;
     // How many finished tasks are remembered (id -> ok/failed, engine) for later dependencies and
     // duplicate-id checks; the oldest are forgotten first. A dependency on a forgotten task is
     // refused as InvalidDependency, and its id may be used again. About 100 bytes each.
@@ -155,12 +157,18 @@ public:
 
     queue_status status() const;
     int engines() const;
+
+    // Changes the prefetch window (1..max_prefetch) from now on: an engine that holds more than
+    // the new window keeps its tasks and gets no more until it is below it. O(engines).
+    void set_prefetch(int prefetch);
+    int prefetch() const;
     // Accepted and not yet settled.
     std::size_t live() const;
 
 private:
     struct impl;
     std::unique_ptr<impl> impl_;
+    int max_prefetch_ = 64;
 };
 
 }  // namespace pcluster::controller

@@ -25,6 +25,14 @@ PROGRESS_AFTER = 2.0
 _out_lock = threading.Lock()
 
 
+_PENDING = concurrent.futures._base.PENDING
+# Whether Future.__init__ sets exactly these fields (CPython 3.8 to 3.13 do), so AsyncResult may
+# set them itself.
+_LEAN_INIT = set(vars(concurrent.futures.Future())) == {
+    "_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks"
+}
+
+
 def _timeout_arg(timeout):
     # ipyparallel habit: timeout=-1 means "no limit", like None.
     return None if timeout is None or timeout < 0 else timeout
@@ -47,7 +55,18 @@ class AsyncResult(concurrent.futures.Future):
     """
 
     def __init__(self, client, msg_id, targets, method, single=False, post=None, flat=False):
-        super().__init__()
+        if _LEAN_INIT:
+            # Future.__init__ makes a Condition per future, a good part of the cost of a small
+            # request. Ours share their client's: it only guards state changes, since waiting
+            # never goes through Future.result() (get(), result() and exception() are ours).
+            self._condition = client._future_condition
+            self._state = _PENDING
+            self._result = None
+            self._exception = None
+            self._waiters = []
+            self._done_callbacks = []
+        else:
+            super().__init__()
         self._client = client
         self.msg_id = msg_id
         self._targets = list(targets)
@@ -83,14 +102,37 @@ class AsyncResult(concurrent.futures.Future):
         self._received = time.time()
         if chunks:
             self._absorb_output(chunks)
-        final = [(r.engine, r.stdout, r.stderr) for r in replies if r.engine >= 0]
-        if any(out or err for _, out, err in final):
+        final = [(r.engine, r.stdout, r.stderr) for r in replies if r.engine >= 0 and r.has_output]
+        if final:
             self._absorb_output(final)
         try:
-            self._resolve(replies)
+            if len(replies) == 1 and self._single and self._post is None and replies[0].ok and replies[0].engine >= 0:
+                self._resolve_one(replies[0])  # the common case, kept short: a farm task, rc[i]
+            else:
+                self._resolve(replies)
         finally:
             self._client._conn.release(self.msg_id)
             self._client._forget(self.msg_id)
+
+    def _resolve_one(self, r):
+        engine = r.engine
+        if self._targets[0] is None:
+            self._targets = [engine]
+        self._replies = {engine: r}
+        self._succeed(lambda: serialize.loads(r.buffers()))
+
+    def _succeed(self, make_value):
+        """Resolves with make_value(); a result that cannot be unpickled here is this request's
+        error."""
+        try:
+            value = make_value()
+        except BaseException as e:  # noqa: B036
+            self._fail(e)
+            return
+        try:
+            self.set_result(value)
+        except concurrent.futures.InvalidStateError:
+            pass
 
     def _fail(self, exc):
         try:
@@ -124,19 +166,13 @@ class AsyncResult(concurrent.futures.Future):
                 msg = f"one or more exceptions raised in {self._method} on {len(errors)} of {n} engine(s)"
                 self._fail(CompositeError(msg, errors))
             return
-        try:
-            values = [serialize.loads(r.buffers()) for r in ordered]
+        def values():
+            vals = [serialize.loads(r.buffers()) for r in ordered]
             if self._post is not None:
-                values = self._post(values)
-            elif self._single:
-                values = values[0]
-        except BaseException as e:  # a result that cannot be unpickled here is this request's error
-            self._fail(e)
-            return
-        try:
-            self.set_result(values)
-        except concurrent.futures.InvalidStateError:
-            pass
+                return self._post(vals)
+            return vals[0] if self._single else vals
+
+        self._succeed(values)
 
     def _error_of(self, r):
         return RemoteError(r.ename, r.evalue, "".join(r.traceback), {"engine_id": r.engine, "method": self._method})

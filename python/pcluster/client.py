@@ -120,6 +120,8 @@ class Client:
         self.block = True
         # What requests print on the engines comes back with their results (ar.stdout, %px).
         self.capture_output = True
+        # Shared by this client's AsyncResults (see AsyncResult.__init__).
+        self._future_condition = threading.Condition()
         self._pending = {}  # msg_id -> AsyncResult, until resolved
         self._results = threading.Thread(target=self._results_loop, name="pcluster-results", daemon=True)
         self._results.start()
@@ -172,18 +174,23 @@ class Client:
         with self._lock:
             self._issued = next(self._seq)
             msg_id = (self._conn.client_no << 32) | self._issued
-        msg.r.id = msg_id
-        msg.r.targets = wire_targets
-        if self.capture_output:
-            msg.r.flags |= _core.capture_output
         ar = AsyncResult(self, msg_id, ar_targets, method, **ar_args)
         self._pending[msg_id] = ar
         try:
-            self._conn.send(msg, bufs, direct)
+            self._conn.send(msg, bufs, direct, msg_id, wire_targets, self._capture_flag)
         except ConnectionError as e:
             self._pending.pop(msg_id, None)
             raise JobEndedError(f"cannot send {method}: {self._conn.close_reason or e}") from None
         return ar
+
+    @property
+    def capture_output(self):
+        """Whether engines capture what requests print and send it back (default True)."""
+        return self._capture_flag != 0
+
+    @capture_output.setter
+    def capture_output(self, on):
+        self._capture_flag = _core.capture_output if on else 0
 
     def _submit(self, msg, bufs, ids, method, single=False, post=None, block=False, flat=False):
         wire = [] if len(ids) == len(self._ids) and ids == self._ids else ids

@@ -93,18 +93,18 @@ class LoadBalancedView:
 
     # --- submission ---
     def _task(self, kind, bufs, method, after, follow, retries, timeout, return_exceptions=False):
-        msg = _core.task_request()
-        msg.kind = kind
-        msg.after = self._checked_deps(self.after if after is None else after)
-        msg.follow = self._checked_deps(self.follow if follow is None else follow)
         r = self.retries if retries is None else retries
         if not isinstance(r, numbers.Integral) or r < 0:
             raise ValueError(f"retries must be a whole number >= 0, not {r!r}")
-        msg.retries = int(r)
         t = self.timeout if timeout is None else timeout
-        msg.timeout = 0.0 if t is None or t < 0 else float(t)
-        msg.return_exceptions = return_exceptions
-        msg.r.shared_bufs = len(bufs)
+        msg = _core.task_request(
+            kind,
+            self._checked_deps(self.after if after is None else after),
+            self._checked_deps(self.follow if follow is None else follow),
+            int(r),
+            0.0 if t is None or t < 0 else float(t),
+            return_exceptions,
+        )
         return self.client._submit_task(msg, bufs, self.targets, method)
 
     def _checked_deps(self, deps):

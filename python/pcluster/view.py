@@ -84,8 +84,8 @@ class DirectView:
 
     def _run(self, msg, bufs, method, targets, block, parts=None, post=None, flat=False, keep_ar=False):
         ids, single = self._resolve_targets(targets)
-        msg.r.shared_bufs = len(bufs)
         if parts is not None:
+            msg.r.shared_bufs = len(bufs)
             msg.r.part_bufs = [len(p) for p in parts]
             for p in parts:
                 bufs.extend(p)

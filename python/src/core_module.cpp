@@ -56,11 +56,20 @@ py::list output_list(const std::vector<pcluster::client::output_chunk>& chunks) 
     return out;
 }
 
+// Sends `msg` as request `id` to `targets` (empty: all engines, or any for a task) with the
+// route flags `flags` added; a request without parts that names no shared_bufs shares all its
+// buffers. The route is filled
+// in here, on the copy that is sent: one call from Python instead of an attribute set each.
 template <class T>
-void send_as(connection& c, const T& msg_in, py::list bufs, bool direct) {
+void send_as(connection& c, const T& msg_in, py::list bufs, bool direct, std::uint64_t id,
+             std::vector<std::int32_t> targets, std::uint32_t flags) {
     std::vector<py::buffer_info> infos;
     auto spans = spans_of(bufs, infos);
     T msg = msg_in;
+    msg.r.id = id;
+    msg.r.targets = std::move(targets);
+    msg.r.flags |= flags;
+    if (msg.r.part_bufs.empty() && msg.r.shared_bufs == 0) msg.r.shared_bufs = static_cast<std::uint32_t>(spans.size());
     if (c.local()) msg.r.flags |= proto::reply_by_shm;
     auto frame = proto::encode(msg, std::move(spans));
     // A task gets one reply (from whichever engine runs it), a control request one from the
@@ -211,6 +220,20 @@ PYBIND11_MODULE(_core, m) {
     add_request<proto::shutdown_request>(sd);
     py::class_<proto::task_request> tk(m, "task_request");
     add_request<proto::task_request>(tk);
+    tk.def(py::init([](int kind, std::vector<std::uint64_t> after, std::vector<std::uint64_t> follow, int retries,
+                       double timeout, bool return_exceptions) {
+               proto::task_request t;
+               if (kind != 0 && kind != 1) throw py::value_error("task kind is 0 (apply) or 1 (map chunk)");
+               t.kind = static_cast<proto::task_kind>(kind);
+               t.after = std::move(after);
+               t.follow = std::move(follow);
+               t.retries = retries;
+               t.timeout = timeout;
+               t.return_exceptions = return_exceptions;
+               return t;
+           }),
+           py::arg("kind"), py::arg("after"), py::arg("follow"), py::arg("retries"), py::arg("timeout"),
+           py::arg("return_exceptions"));
     tk.def_property(
           "kind", [](const proto::task_request& t) { return static_cast<int>(t.kind); },
           [](proto::task_request& t, int k) {
@@ -282,6 +305,8 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("traceback", [](const reply& r) { return r.meta.traceback; })
         .def_property_readonly("started", [](const reply& r) { return r.meta.started; })
         .def_property_readonly("completed", [](const reply& r) { return r.meta.completed; })
+        .def_property_readonly("has_output",
+                               [](const reply& r) { return !r.meta.stdout_text.empty() || !r.meta.stderr_text.empty(); })
         .def_property_readonly("stdout", [](const reply& r) { return r.meta.stdout_text; })
         .def_property_readonly("stderr", [](const reply& r) { return r.meta.stderr_text; })
         .def_property_readonly("control", [](const reply& r) -> py::object {
@@ -310,15 +335,16 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("engines", &connection::engines)
         .def_property_readonly("job_id", &connection::job_id)
         .def_property_readonly("local", &connection::local)
+        // Overloads are tried in order: the ones sent by the thousand first.
+        .def("send", &send_as<proto::task_request>)
+        .def("send", &send_as<proto::apply_request>)
         .def("send", &send_as<proto::execute_request>)
         .def("send", &send_as<proto::push_request>)
         .def("send", &send_as<proto::pull_request>)
-        .def("send", &send_as<proto::apply_request>)
         .def("send", &send_as<proto::scatter_request>)
         .def("send", &send_as<proto::gather_request>)
         .def("send", &send_as<proto::map_request>)
         .def("send", &send_as<proto::shutdown_request>)
-        .def("send", &send_as<proto::task_request>)
         .def("send", &send_as<proto::control_request>)
         // Waits in slices so Ctrl-C (a pending Python signal) interrupts a blocking wait at once.
         // Returns (replies, output chunks) once complete and taken, None otherwise (time-out,

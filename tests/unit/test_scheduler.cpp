@@ -84,6 +84,27 @@ TEST_CASE("tasks go to the least-loaded engine, at most prefetch per engine", "[
     }
 }
 
+TEST_CASE("the prefetch window can grow and shrink while tasks are out", "[scheduler]") {
+    scheduler s(2, {.prefetch = 1, .max_prefetch = 4});
+    accept_all(s, 1, 12);
+    CHECK(s.dispatch() == sent({{1, 0}, {2, 1}}));
+    s.set_prefetch(3);
+    CHECK(s.prefetch() == 3);
+    CHECK(s.dispatch() == sent({{3, 0}, {4, 1}, {5, 0}, {6, 1}}));
+    CHECK(s.dispatch().empty());
+    // Shrinking: engines above the new window keep what they hold and get nothing more
+    // until they are below it.
+    s.set_prefetch(1);
+    s.on_finished(1, 0, true);
+    CHECK(s.dispatch().empty());  // engine 0 still holds 3 and 5
+    s.on_finished(3, 0, true);
+    s.on_finished(5, 0, true);
+    CHECK(s.dispatch() == sent({{7, 0}}));
+    CHECK_THROWS(s.set_prefetch(0));
+    CHECK_THROWS(s.set_prefetch(5));
+    CHECK_THROWS(scheduler(2, {.prefetch = 8, .max_prefetch = 4}));
+}
+
 TEST_CASE("ready tasks leave in submission order, restricted or not", "[scheduler]") {
     scheduler s(2, {.prefetch = 1});
     // Ids are the client's and say nothing about order.
