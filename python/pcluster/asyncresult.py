@@ -208,10 +208,12 @@ class AsyncResult(concurrent.futures.Future):
 
     def _blocking_wait(self, timeout):
         """_collect, with a progress bar when a multi-engine wait runs long interactively."""
-        if timeout is not None or len(self._targets) < 2 or not _progress.enabled():
+        if timeout is not None or len(self._targets) < 2:
             return self._collect(timeout)
         if self._collect(PROGRESS_AFTER):
             return True
+        if not _progress.enabled():
+            return self._collect(None)
         return self.wait_interactive(return_value=True)
 
     # --- ipyparallel's AsyncResult interface ---

@@ -158,11 +158,11 @@ void connection::send(std::uint64_t id, std::size_t replies, const proto::outgoi
         if (direct) flush_now_ = true;  // a blocking call: its caller waits for the reply next
         // Wake the writer only when it has something new to decide: its first frame, a full
         // batch, or a blocking call behind the queue.
-        if (!writing_ && (was_empty || direct || queue_.size() == 128)) send_cv_.notify_all();
+        if (!writing_ && (was_empty || direct || queue_.size() == 128)) writer_cv_.notify_one();
         return;
     }
     // Write here, after whatever is queued (frames leave in send order).
-    send_cv_.wait(lk, [&] { return !writing_; });
+    idle_cv_.wait(lk, [&] { return !writing_; });
     const std::string err = write_queue(lk, proto::outgoing_frame{frame.head, frame.bufs, nullptr});
     if (!err.empty()) throw std::system_error(ENOTCONN, std::generic_category(), err);
 }
@@ -189,7 +189,9 @@ std::string connection::write_queue(std::unique_lock<std::mutex>& lk, std::optio
     lk.lock();
     writing_ = false;
     if (!err.empty() && write_error_.empty()) write_error_ = err;
-    send_cv_.notify_all();
+    // Wake the writer only for work (a needless wake-up is a context switch per request).
+    if (!queue_.empty()) writer_cv_.notify_one();
+    idle_cv_.notify_all();
     return err;
 }
 
@@ -205,10 +207,10 @@ void connection::write_loop() {
     constexpr std::size_t batch_frames = 128;
     std::unique_lock lk(send_mu_);
     for (;;) {
-        send_cv_.wait(lk, [&] { return stop_writer_ || (!queue_.empty() && !writing_); });
+        writer_cv_.wait(lk, [&] { return stop_writer_ || (!queue_.empty() && !writing_); });
         if (stop_writer_ && queue_.empty()) return;
         if (!flush_now_ && !stop_writer_ && queue_.size() < batch_frames)
-            send_cv_.wait_for(lk, linger, [&] { return stop_writer_ || flush_now_ || queue_.size() >= batch_frames; });
+            writer_cv_.wait_for(lk, linger, [&] { return stop_writer_ || flush_now_ || queue_.size() >= batch_frames; });
         flush_now_ = false;
         if (writing_ || queue_.empty()) continue;
         write_queue(lk, std::nullopt);  // a failure is kept in write_error_ for the senders
@@ -219,7 +221,7 @@ void connection::kick_writer() {
     std::lock_guard lk(send_mu_);
     if (!queue_.empty() && !flush_now_) {
         flush_now_ = true;
-        send_cv_.notify_all();
+        writer_cv_.notify_one();
     }
 }
 
@@ -495,10 +497,10 @@ void connection::close() {
         // not vanish), then the writer stops.
         std::unique_lock lk(send_mu_);
         flush_now_ = true;
-        send_cv_.notify_all();
-        send_cv_.wait_for(lk, std::chrono::seconds(5), [&] { return (queue_.empty() && !writing_) || !write_error_.empty(); });
+        writer_cv_.notify_one();
+        idle_cv_.wait_for(lk, std::chrono::seconds(5), [&] { return (queue_.empty() && !writing_) || !write_error_.empty(); });
         stop_writer_ = true;
-        send_cv_.notify_all();
+        writer_cv_.notify_one();
     }
     // Shut down before joining: a writer stuck on a peer that stopped reading fails at once.
     if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);

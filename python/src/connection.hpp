@@ -144,7 +144,8 @@ private:
 
     // Writing: one thread at a time holds the socket (`writing_`); queued frames own their bytes.
     std::mutex send_mu_;
-    std::condition_variable send_cv_;
+    std::condition_variable writer_cv_;  // the writer thread: work queued, flush now, or stop
+    std::condition_variable idle_cv_;    // senders waiting for the socket (writing_ false)
     std::vector<protocol::outgoing_frame> queue_;
     bool writing_ = false;
     bool stop_writer_ = false;
