@@ -113,9 +113,10 @@ public:
         return true;
     }
 
-    // Stops capturing; returns what was not streamed (stdout, stderr).
-    std::pair<std::string, std::string> finish() {
-        std::lock_guard send(send_mu_);
+    // Stops capturing; returns what was not streamed (stdout, stderr). `send` must hold
+    // send_mu_ (see the class comment).
+    std::pair<std::string, std::string> finish(std::unique_lock<std::mutex>& send) {
+        (void)send;
         std::lock_guard lk(mu_);
         capturing_ = false;
         if (dropped_) {
@@ -125,6 +126,8 @@ public:
         }
         return {std::exchange(out_[0], {}), std::exchange(out_[1], {})};
     }
+
+    std::mutex& send_mutex() { return send_mu_; }
 
 private:
     using clock = std::chrono::steady_clock;
@@ -404,10 +407,22 @@ PYBIND11_EMBEDDED_MODULE(_pcluster_engine, m) {
     m.def("write", [](int stream, std::string_view text) {
         return detail::current_capture && detail::current_capture->write(stream, text);
     });
-    m.def("finish", []() -> std::pair<std::string, std::string> {
-        if (!detail::current_capture) return {};
-        py::gil_scoped_release nogil;  // may wait for a chunk being sent
-        return detail::current_capture->finish();
+    // (stdout, stderr) not yet streamed, or None when both are empty (most requests: no
+    // strings to make).
+    m.def("finish", []() -> py::object {
+        auto* c = detail::current_capture;
+        if (!c) return py::none();
+        std::unique_lock send(c->send_mutex(), std::try_to_lock);
+        std::pair<std::string, std::string> out;
+        if (send.owns_lock()) {
+            out = c->finish(send);
+        } else {
+            py::gil_scoped_release nogil;  // the streaming thread is sending a chunk: wait for it
+            send.lock();
+            out = c->finish(send);
+        }
+        if (out.first.empty() && out.second.empty()) return py::none();
+        return py::make_tuple(std::move(out.first), std::move(out.second));
     });
 }
 

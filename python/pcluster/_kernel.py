@@ -281,7 +281,7 @@ def handle(frame, part):
         if _capture is not None:
             capturing = bool(msg.r.flags & _CAPTURE)
             _capture.begin(rep.id, capturing)
-            if capturing:
+            if capturing and (sys.stdout is not _stdout or sys.stderr is not _stderr):
                 sys.stdout, sys.stderr = _stdout, _stderr
         result = _handlers[type(msg)](msg, shared, parts)
         if type(result) is _ExecuteResult:
@@ -305,6 +305,8 @@ def handle(frame, part):
     finally:
         _flush_streams()
         if capturing:
-            rep.stdout_text, rep.stderr_text = _capture.finish()
+            out = _capture.finish()
+            if out is not None:  # None: nothing was printed
+                rep.stdout_text, rep.stderr_text = out
     rep.completed = time.time()
     return [_core.encode_reply(rep, bufs)] + bufs
