@@ -4,6 +4,7 @@ Start a job first (terminal 1):   mpirun -n 5 pcluster
 Then (terminal 2):                python3 examples/demo.py [connection-file]
 """
 
+import asyncio
 import sys
 import time
 
@@ -38,6 +39,32 @@ except pcluster.RemoteError as e:
 dv.block = False
 ar = dv.apply(lambda: __import__("pcluster.engine").engine.engine_id)
 print("non-blocking          ->", ar, "->", ar.get(timeout=10))
+
+ar = dv.execute("import time; print('working...'); time.sleep(1); print('done')")
+time.sleep(0.8)
+print("streamed while running ->", ar.stdout[0].strip())  # output arrives before the result
+ar.wait(10)
+print("stdout of engine 0    ->", ar.stdout[0].split())
+
+
+async def in_asyncio():
+    return await rc[1].apply_async(lambda: "awaited")
+
+
+print("await                 ->", asyncio.run(in_asyncio()))
+
+lv = rc.load_balanced_view()  # tasks go to whichever engine is free
+squares = lv.map(lambda v: v * v, range(10_000), chunksize=500)
+print("lv.map squares sum    ->", sum(squares.get(timeout=30)))
+first = lv.apply(lambda: 1)
+then = lv.apply(lambda: 2, after=[first], retries=1)
+print("after= dependency     ->", then.get(timeout=10), "ran on engine", then.engine_id)
+print("queue status          ->", {k: v for k, v in rc.queue_status().items() if k == "unassigned"})
+
+t0 = time.perf_counter()
+ars = [lv.apply_async(lambda: None) for _ in range(5000)]
+rc.wait(ars, timeout=60)
+print(f"5,000 tasks           -> {5000 / (time.perf_counter() - t0):,.0f} tasks/s")
 
 t0 = time.perf_counter()
 for _ in range(100):
