@@ -30,20 +30,26 @@ def enabled():
 
 
 class bar:
-    """Context manager: bar(total, desc).update_to(n). Does nothing when bars are off."""
+    """Context manager: bar(total, desc, unit).update_to(n). Does nothing when bars are off."""
 
-    def __init__(self, total, desc):
+    def __init__(self, total, desc, unit="engine"):
         self._t = None
         if not enabled():
             return
+        if in_kernel() and importlib.util.find_spec("ipywidgets") is not None:
+            try:
+                from tqdm.notebook import tqdm as widget
+
+                self._t = widget(total=total, desc=desc, unit=unit, leave=False)
+                return
+            except Exception:  # an ipywidgets tqdm cannot use: the text bar below
+                self._t = None
         try:
-            if in_kernel() and importlib.util.find_spec("ipywidgets") is not None:
-                from tqdm.notebook import tqdm
-            else:
-                from tqdm import tqdm
-            self._t = tqdm(total=total, desc=desc, unit="engine" if total else "it", leave=False, file=sys.stderr)
+            from tqdm import tqdm
+
+            self._t = tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)
         except Exception:
-            self._t = None  # no tqdm, or no display: waiting works without a bar
+            self._t = None  # no tqdm: waiting works without a bar
 
     def update_to(self, n):
         if self._t is not None and n > self._t.n:

@@ -300,7 +300,7 @@ class Client:
         from . import _progress
 
         jobs, deadline = self._jobs_and_deadline(jobs, timeout)
-        with _progress.bar(len(jobs), "requests") as bar:
+        with _progress.bar(len(jobs), "requests", "request") as bar:
             while True:
                 done = sum(ar.done() for ar in jobs)
                 bar.update_to(done)

@@ -331,7 +331,7 @@ class AsyncMapResult(AsyncResult):
 
         t = _timeout_arg(timeout)
         deadline = None if t is None else time.monotonic() + t
-        with _progress.bar(len(self._children), "map") as bar:
+        with _progress.bar(len(self._children), "map", "chunk") as bar:
             while not self.done():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
