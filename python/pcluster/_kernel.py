@@ -198,17 +198,18 @@ def _map(msg, shared, part):
 
 
 def _task(msg, shared, part):
-    """A farm task: an apply, or a chunk of a load-balanced map (a list of argument tuples)."""
+    """A farm task: an apply, or a chunk of a load-balanced map: (fbytes, items, 1) calls f(x)
+    for each item of one sequence's slice, (fbytes, [argument tuples], None) f(*args)."""
     if msg.kind == 0:
         return _apply(msg, shared, part)
-    fbytes, arglist, _ = serialize.loads(shared)
+    fbytes, items, single = serialize.loads(shared)
     f = _bind(_function(fbytes))
     if not msg.return_exceptions:
-        return [f(*a) for a in arglist]
+        return [f(x) for x in items] if single else [f(*a) for a in items]
     out = []
-    for a in arglist:
+    for x in items:
         try:
-            out.append(f(*a))
+            out.append(f(x) if single else f(*x))
         except Exception as e:  # map(..., return_exceptions=True): the error takes the item's place
             out.append(_item_error(e))
     return out

@@ -163,9 +163,12 @@ class LoadBalancedView:
             raise ValueError(f"chunksize must be a whole number >= 1, not {cs!r}")
         fbytes = _function_bytes(f)
         children = []
+        single = len(seqs) == 1
         for lo in range(0, n, cs):
-            args = list(zip(*(s[lo : lo + cs] for s in seqs)))
-            children.append(self._chunk(fbytes, args, return_exceptions, flags))
+            # One sequence: its slice travels as it is (a range stays a range, an array slice
+            # goes without copies) and the engine calls f(x); several: argument tuples.
+            items = seqs[0][lo : lo + cs] if single else list(zip(*(s[lo : lo + cs] for s in seqs)))
+            children.append(self._chunk(fbytes, items, single, return_exceptions, flags))
         amr = AsyncMapResult(self.client, children, ordered, return_exceptions)
         return amr.get() if (self.block if block is None else block) else amr
 
@@ -175,8 +178,8 @@ class LoadBalancedView:
     def map_sync(self, f, *seqs, **kwargs):
         return self.map(f, *seqs, block=True, **kwargs)
 
-    def _chunk(self, fbytes, args, return_exceptions, flags):
-        bufs = serialize.checked_dumps((fbytes, args, None), "the mapped items")
+    def _chunk(self, fbytes, items, single, return_exceptions, flags):
+        bufs = serialize.checked_dumps((fbytes, items, 1 if single else None), "the mapped items")
         return self._task(
             _MAP_CHUNK,
             bufs,
@@ -199,8 +202,9 @@ class LoadBalancedView:
         if not isinstance(chunksize, numbers.Integral) or chunksize < 1:
             raise ValueError(f"chunksize must be a whole number >= 1, not {chunksize!r}")
         fbytes = _function_bytes(f)
-        items = zip(*iterables)
-        return _imap(self, fbytes, items, chunksize, ordered, max(1, int(max_outstanding)), return_exceptions)
+        single = len(iterables) == 1
+        items = iter(iterables[0]) if single else zip(*iterables)
+        return _imap(self, fbytes, items, single, chunksize, ordered, max(1, int(max_outstanding)), return_exceptions)
 
 
 def _function_bytes(f):
@@ -211,7 +215,7 @@ def _function_bytes(f):
         raise TypeError(f"cannot send {what} to the engines: it cannot be pickled ({type(e).__name__}: {e})") from e
 
 
-def _imap(lv, fbytes, items, chunksize, ordered, max_outstanding, return_exceptions):
+def _imap(lv, fbytes, items, single, chunksize, ordered, max_outstanding, return_exceptions):
     inflight = []  # chunk AsyncResults, in submission order
     exhausted = False
 
@@ -222,7 +226,7 @@ def _imap(lv, fbytes, items, chunksize, ordered, max_outstanding, return_excepti
             if not chunk:
                 exhausted = True
                 break
-            inflight.append(lv._chunk(fbytes, chunk, return_exceptions, {}))
+            inflight.append(lv._chunk(fbytes, chunk, single, return_exceptions, {}))
 
     fill()
     try:

@@ -198,8 +198,9 @@ struct shutdown_request {
 // A task for the load-balanced farm: the controller's scheduler picks the engine (among
 // r.targets, empty: any) when the task's dependencies are done; the engine replies with one
 // engine_reply, with the task's id. Shared buffers: pickled (fbytes, args, kwargs) for
-// task_kind::apply, (fbytes, [argument tuples], None) for task_kind::map_chunk, fbytes being
-// the cloudpickle of the function. part_bufs must be empty.
+// task_kind::apply; for task_kind::map_chunk (fbytes, items, 1) - a slice of one sequence, f(x)
+// per item - or (fbytes, [argument tuples], None); fbytes being the cloudpickle of the function.
+// part_bufs must be empty.
 //   after:   ids of tasks that must have finished first (successfully unless after_failure_ok);
 //   follow:  ids of tasks that must have finished successfully; runs on the engine they ran on;
 //   retries: how many more times a task whose engine raised is tried, on other engines;
