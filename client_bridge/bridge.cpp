@@ -320,6 +320,7 @@ private:
         std::vector<int> touched;
         const bool alive = read_controller_frames(touched);
         flush_touched(touched);
+        if (alive && !ctl_writer_.empty()) flush_controller();
         return alive;
     }
 
@@ -361,7 +362,14 @@ private:
             auto it = std::find_if(clients_.begin(), clients_.end(), [&](auto& kv) { return kv.second.no == no; });
             if (it == clients_.end()) {
                 spdlog::debug("reply {:#x} for a client that has left; dropped", id);
-                if (!shm_path.empty()) ::unlink(shm_path.c_str());
+                if (!shm_path.empty()) {
+                    ::unlink(shm_path.c_str());
+                    // The controller keeps the segment mapped until told: let it go.
+                    proto::shm_return ret;
+                    ret.paths.push_back(shm_path);
+                    ret.reuse = false;
+                    ctl_writer_.push(proto::encode(ret));
+                }
                 continue;
             }
             if (!shm_path.empty()) it->second.lent_paths.insert(shm_path);

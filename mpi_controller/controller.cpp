@@ -111,8 +111,8 @@ public:
             }
             progress |= read_bridge();
             progress |= expire_tasks();
+            progress |= issue();  // before tasks: what arrived first is issued first
             progress |= dispatch_tasks();
-            progress |= issue();
             progress |= poll_mpi();
             progress |= probe_replies();
             flush_bridge();
@@ -500,7 +500,12 @@ private:
         auto assigned = sched_->dispatch();
         for (const auto& a : assigned) {
             auto it = tasks_.find(a.id);
-            if (it == tasks_.end()) continue;  // cannot happen: the scheduler only knows ours
+            if (it == tasks_.end()) {
+                // Cannot happen (the scheduler only sends tasks we hold); if it did, free the slot.
+                spdlog::error("task {:#x} scheduled but unknown here; failing it", a.id);
+                for (const auto& out : sched_->on_finished(a.id, a.engine, false)) answer_task(out);
+                continue;
+            }
             op o;
             o.frame = it->second.frame;
             o.r = it->second.r;
@@ -546,7 +551,9 @@ private:
     // Answers a task the scheduler settled without an engine reply (refused, dropped): an error
     // reply in the task's name, as if from the controller.
     void answer_task(const outcome& out) {
-        tasks_.erase(out.id);
+        // A refused submission is not remembered - and may carry the id of a live task (a client
+        // reusing an id): that task's entry stays.
+        if (out.what != verdict::refused) tasks_.erase(out.id);
         if (out.what != verdict::dropped && out.what != verdict::refused) return;
         proto::engine_reply rep;
         rep.id = out.id;

@@ -78,6 +78,10 @@ public:
     output_capture(int engine, MPI_Comm reply_comm) : engine_(engine), comm_(reply_comm) {
         stream_after_ = seconds_from_env("PCLUSTER_STREAM_AFTER", 0.5);
         stream_every_ = seconds_from_env("PCLUSTER_STREAM_EVERY", 0.1);
+        // Sending from a second thread while the main thread uses MPI needs MPI_THREAD_MULTIPLE.
+        int level = MPI_THREAD_SINGLE;
+        MPI_Query_thread(&level);
+        streaming_ = level == MPI_THREAD_MULTIPLE;
         thread_ = std::thread([this] { stream_loop(); });
     }
     ~output_capture() {
@@ -144,7 +148,9 @@ private:
         while (!stop_) {
             cv_.wait_for(lk, stream_every_);
             if (stop_) return;
-            if (!capturing_ || (out_[0].empty() && out_[1].empty()) || clock::now() - started_ < stream_after_) continue;
+            if (!streaming_ || !capturing_ || (out_[0].empty() && out_[1].empty()) ||
+                clock::now() - started_ < stream_after_)
+                continue;
             lk.unlock();
             send_chunk();
             lk.lock();
@@ -161,14 +167,20 @@ private:
             o.engine = engine_;
             for (int k = 0; k < 2; ++k) {
                 auto& b = out_[k];
-                const std::size_t n = std::min(b.size(), max_chunk);
+                std::size_t n = std::min(b.size(), max_chunk);
+                // Never cut a UTF-8 character in two: back off to its first byte.
+                while (n > 0 && n < b.size() && (static_cast<unsigned char>(b[n]) & 0xC0) == 0x80) --n;
                 (k == 0 ? o.stdout_text : o.stderr_text).assign(b, 0, n);
                 b.erase(0, n);
             }
         }
         const auto bytes = protocol::encode(o).flatten();
-        wire::check(MPI_Send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, 0, wire::tag_output, comm_),
-                    "MPI_Send");
+        if (MPI_Send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, 0, wire::tag_output, comm_) != MPI_SUCCESS) {
+            // The reply still carries what was not sent; stop streaming rather than end the engine.
+            spdlog::error("engine {}: streaming output failed; output now comes with replies only", engine_);
+            std::lock_guard lk(mu_);
+            streaming_ = false;
+        }
     }
 
     const int engine_;
@@ -179,6 +191,7 @@ private:
     std::condition_variable cv_;
     std::uint64_t id_ = 0;
     bool capturing_ = false;
+    bool streaming_ = true;
     bool stop_ = false;
     clock::time_point started_{};
     std::string out_[2];
@@ -422,7 +435,10 @@ PYBIND11_EMBEDDED_MODULE(_pcluster_engine, m) {
             out = c->finish(send);
         }
         if (out.first.empty() && out.second.empty()) return py::none();
-        return py::make_tuple(std::move(out.first), std::move(out.second));
+        auto text = [](const std::string& b) {  // what user code wrote was str: decodes, but never raise here
+            return py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(b.data(), static_cast<Py_ssize_t>(b.size()), "replace"));
+        };
+        return py::make_tuple(text(out.first), text(out.second));
     });
 }
 

@@ -80,6 +80,8 @@ class AsyncResult(concurrent.futures.Future):
         self._out = {}  # engine -> [stdout, stderr]
         self._out_log = []  # (engine, stream name, text) in arrival order, for live printing
         self._out_seen = 0
+        self._taken = None  # an outcome taken off the connection and not yet settled
+        self._absorbed = False
 
     def __repr__(self):
         state = "finished" if self.done() else "pending"
@@ -98,14 +100,18 @@ class AsyncResult(concurrent.futures.Future):
                     self._out_log.append((engine, "stderr", err))
 
     def _settle(self, outcome):
+        """Resolves from the outcome taken off the connection. May run again on the same outcome
+        (a Ctrl-C interrupted it: it stays in `_taken`), so output is absorbed once."""
         replies, chunks = outcome
         self._received = time.time()
-        if chunks:
-            self._absorb_output(chunks)
-        final = [(r.engine, r.stdout, r.stderr) for r in replies if r.engine >= 0 and r.has_output]
-        if final:
-            self._absorb_output(final)
         try:
+            if not self._absorbed:
+                if chunks:
+                    self._absorb_output(chunks)
+                final = [(r.engine, r.stdout, r.stderr) for r in replies if r.engine >= 0 and r.has_output]
+                if final:
+                    self._absorb_output(final)
+                self._absorbed = True
             if len(replies) == 1 and self._single and self._post is None and replies[0].ok and replies[0].engine >= 0:
                 self._resolve_one(replies[0])  # the common case, kept short: a farm task, rc[i]
             else:
@@ -126,7 +132,7 @@ class AsyncResult(concurrent.futures.Future):
         error."""
         try:
             value = make_value()
-        except BaseException as e:  # noqa: B036
+        except Exception as e:  # Ctrl-C is not this request's result: it propagates, `_taken` stays
             self._fail(e)
             return
         try:
@@ -184,22 +190,28 @@ class AsyncResult(concurrent.futures.Future):
         conn = self._client._conn
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            outcome = conn.wait_take(self.msg_id, timeout)
+            if self._taken is None:
+                # The binding stores the outcome in self._taken before returning, so a Ctrl-C
+                # that lands right after the take cannot lose it.
+                conn.wait_take(self.msg_id, timeout, self)
+            if self._taken is not None:
+                self._settle(self._taken)
+                self._taken = None
+                return True
         except KeyboardInterrupt:
             raise KeyboardInterrupt(
                 f"interrupted while waiting for {self._method}: the engines keep working on it; "
                 f"get() on the same AsyncResult collects the result later"
             ) from None
-        if outcome is not None:
-            self._settle(outcome)
-            return True
         if self.done():
             return True
         if conn.closed and conn.abandon(self.msg_id):
             self._fail(JobEndedError(conn.close_reason))
             return True
         if conn.closed and conn.pending(self.msg_id):
-            return self._collect(0)  # complete after all: take it
+            # Complete after all: take it (or let the result thread finish taking it).
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return self._collect(left)
         if not conn.pending(self.msg_id):
             # Another thread (the result thread) took it and is resolving it right now.
             left = None if deadline is None else max(0.0, deadline - time.monotonic())

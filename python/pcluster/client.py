@@ -181,6 +181,9 @@ class Client:
         except ConnectionError as e:
             self._pending.pop(msg_id, None)
             raise JobEndedError(f"cannot send {method}: {self._conn.close_reason or e}") from None
+        except BaseException:
+            self._pending.pop(msg_id, None)  # never sent: nothing will resolve it
+            raise
         return ar
 
     @property
@@ -255,15 +258,15 @@ class Client:
         while True:
             ids = conn.next_completed(0.5)
             for msg_id in ids:
-                outcome = conn.take(msg_id)
-                if outcome is None:
-                    continue  # a blocked caller took it
                 ar = self._pending.get(msg_id)
-                if ar is not None:
-                    try:
-                        ar._settle(outcome)
-                    except BaseException:  # noqa: B036 - this thread must outlive any one result
-                        pass
+                try:
+                    outcome = conn.take(msg_id)
+                    if outcome is None or ar is None:
+                        continue  # a blocked caller took it, or nobody holds its result
+                    ar._settle(outcome)
+                except BaseException as e:  # noqa: B036 - this thread must outlive any one result
+                    if ar is not None and not ar.done():
+                        ar._fail(e)  # whatever broke it is the request's error, never a hang
             if conn.closed and not ids:
                 break
         reason = conn.close_reason

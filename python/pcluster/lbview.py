@@ -314,7 +314,9 @@ class AsyncMapResult(AsyncResult):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not c._collect(left):
                 return False
-        concurrent.futures.wait([self], timeout=1.0)  # the last child's callback settles us
+        # Children are done; the last one's callback (on the result thread) settles us.
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        concurrent.futures.wait([self], timeout=left)
         return self.done()
 
     @property

@@ -123,6 +123,16 @@ void connection::send(std::uint64_t id, std::size_t replies, const proto::outgoi
         if (closed_) throw std::system_error(ENOTCONN, std::generic_category(), reason_);
         requests_[id].expected = replies;
     }
+    try {
+        send_registered(id, replies, f, direct);
+    } catch (...) {
+        std::lock_guard lk(mu_);  // never sent: no reply will come for it
+        requests_.erase(id);
+        throw;
+    }
+}
+
+void connection::send_registered(std::uint64_t id, std::size_t replies, const proto::outgoing_frame& f, bool direct) {
     const std::uint64_t size = f.size();
     std::optional<proto::outgoing_frame> by_shm;
     if (local_ && size >= proto::shm_threshold) {
@@ -151,6 +161,7 @@ void connection::send(std::uint64_t id, std::size_t replies, const proto::outgoi
     const proto::outgoing_frame& frame = by_shm ? *by_shm : f;
     std::unique_lock lk(send_mu_);
     if (!write_error_.empty()) throw std::system_error(ENOTCONN, std::generic_category(), write_error_);
+    if (stop_writer_) throw std::system_error(ENOTCONN, std::generic_category(), "the client closed the connection");
     const bool small = frame.size() <= queue_copy_limit;
     if (small && (!direct || writing_ || !queue_.empty())) {
         const bool was_empty = queue_.empty();
@@ -309,7 +320,7 @@ void connection::read_loop() {
 bool connection::complete(const request& r) { return r.refused || r.replies.size() >= r.expected; }
 
 void connection::on_complete_locked(std::uint64_t id, request& r) {
-    if (r.taker) {
+    if (r.takers > 0) {
         cv_.notify_all();
     } else {
         completed_.push_back(id);
@@ -331,6 +342,7 @@ void connection::file_reply(reply_ptr r) {
         }
     }
     std::lock_guard lk(mu_);
+    if (closed_) return;  // close() froze the state: abandon() fails what is incomplete
     auto it = requests_.find(id);
     if (it == requests_.end()) return;  // not ours, or its outcome was already taken
     auto& req = it->second;
@@ -338,11 +350,12 @@ void connection::file_reply(reply_ptr r) {
     if (refused) req.refused = true;
     req.replies.push_back(std::move(r));
     if (!was_complete && complete(req)) on_complete_locked(id, req);
-    else if (req.counters) cv_.notify_all();
+    if (req.counters) cv_.notify_all();
 }
 
 void connection::file_output(proto::output o) {
     std::lock_guard lk(mu_);
+    if (closed_) return;
     if (auto it = requests_.find(o.id); it != requests_.end()) it->second.output.push_back(std::move(o));
 }
 
@@ -352,14 +365,14 @@ std::optional<outcome> connection::wait_take(std::uint64_t id, proto::clock::tim
     auto it = requests_.find(id);
     if (it == requests_.end()) return std::nullopt;
     if (!complete(it->second)) {
-        it->second.taker = true;
+        ++it->second.takers;
         cv_.wait_until(lk, deadline, [&] {
             auto i = requests_.find(id);
             return i == requests_.end() || complete(i->second) || closed_;
         });
         it = requests_.find(id);
         if (it == requests_.end()) return std::nullopt;
-        it->second.taker = false;
+        --it->second.takers;
         if (!complete(it->second)) return std::nullopt;
     }
     outcome out{std::move(it->second.replies), std::move(it->second.output)};
@@ -485,6 +498,10 @@ std::string connection::close_reason() {
 }
 
 void connection::close() {
+    // Once, whichever thread comes first (a user thread and atexit may both call it); the others
+    // wait until it is done.
+    std::lock_guard once(close_mu_);
+    if (close_done_) return;
     {
         std::lock_guard lk(mu_);
         if (!closed_) {
@@ -516,6 +533,7 @@ void connection::close() {
     if (!shm_owner_.empty()) proto::remove_shm_leftovers(shm_owner_);
     cv_.notify_all();
     done_cv_.notify_all();
+    close_done_ = true;
 }
 
 }  // namespace pcluster::client

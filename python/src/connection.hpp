@@ -104,6 +104,7 @@ public:
 private:
     void read_loop();
     void write_loop();
+    void send_registered(std::uint64_t id, std::size_t replies, const protocol::outgoing_frame& f, bool direct);
     // Writes the queue (then `last`, if any) with send_mu_ released; `lk` holds send_mu_ on entry
     // and exit. Returns the error, empty if none.
     std::string write_queue(std::unique_lock<std::mutex>& lk, std::optional<protocol::outgoing_frame> last);
@@ -158,7 +159,7 @@ private:
         std::vector<reply_ptr> replies;
         std::vector<output_chunk> output;
         bool refused = false;
-        bool taker = false;         // a thread is in wait_take for it
+        int takers = 0;             // threads in wait_take for it
         int counters = 0;           // threads in wait_count for it
     };
     std::mutex mu_;
@@ -170,6 +171,8 @@ private:
     std::string reason_;
     std::thread reader_;
     std::thread writer_;
+    std::mutex close_mu_;
+    bool close_done_ = false;
 };
 
 }  // namespace pcluster::client

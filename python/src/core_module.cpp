@@ -50,9 +50,17 @@ std::vector<std::span<const char>> spans_of(py::list bufs, std::vector<py::buffe
     return spans;
 }
 
+// Engine output as str; bytes that are not UTF-8 (a chunk cut by an old engine, C code writing
+// bytes) become U+FFFD instead of an exception that would lose the result.
+py::object text_of(const std::string& b) {
+    PyObject* o = PyUnicode_DecodeUTF8(b.data(), static_cast<Py_ssize_t>(b.size()), "replace");
+    if (!o) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(o);
+}
+
 py::list output_list(const std::vector<pcluster::client::output_chunk>& chunks) {
     py::list out;
-    for (const auto& c : chunks) out.append(py::make_tuple(c.engine, c.stdout_text, c.stderr_text));
+    for (const auto& c : chunks) out.append(py::make_tuple(c.engine, text_of(c.stdout_text), text_of(c.stderr_text)));
     return out;
 }
 
@@ -307,8 +315,8 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("completed", [](const reply& r) { return r.meta.completed; })
         .def_property_readonly("has_output",
                                [](const reply& r) { return !r.meta.stdout_text.empty() || !r.meta.stderr_text.empty(); })
-        .def_property_readonly("stdout", [](const reply& r) { return r.meta.stdout_text; })
-        .def_property_readonly("stderr", [](const reply& r) { return r.meta.stderr_text; })
+        .def_property_readonly("stdout", [](const reply& r) { return text_of(r.meta.stdout_text); })
+        .def_property_readonly("stderr", [](const reply& r) { return text_of(r.meta.stderr_text); })
         .def_property_readonly("control", [](const reply& r) -> py::object {
             if (!r.control) return py::none();
             return py::cast(*r.control);
@@ -349,9 +357,11 @@ PYBIND11_MODULE(_core, m) {
         // Waits in slices so Ctrl-C (a pending Python signal) interrupts a blocking wait at once.
         // Returns (replies, output chunks) once complete and taken, None otherwise (time-out,
         // connection closed, or another thread took it).
+        // `holder`, if given, gets the outcome as its `_taken` attribute before anything Python
+        // runs: a Ctrl-C that lands right after the take then cannot lose it.
         .def(
             "wait_take",
-            [](connection& c, std::uint64_t id, std::optional<double> timeout) -> py::object {
+            [](connection& c, std::uint64_t id, std::optional<double> timeout, py::object holder) -> py::object {
                 const auto end = deadline_of(timeout);
                 for (;;) {
                     const auto slice = std::min(end, proto::clock::now() + std::chrono::milliseconds(100));
@@ -360,12 +370,16 @@ PYBIND11_MODULE(_core, m) {
                         py::gil_scoped_release nogil;
                         o = c.wait_take(id, slice);
                     }
-                    if (o) return outcome_to_python(std::move(o));
+                    if (o) {
+                        py::object out = outcome_to_python(std::move(o));
+                        if (!holder.is_none()) holder.attr("_taken") = out;
+                        return out;
+                    }
                     if (PyErr_CheckSignals() != 0) throw py::error_already_set();
                     if (c.closed() || !c.pending(id) || proto::clock::now() >= end) return py::none();
                 }
             },
-            py::arg("id"), py::arg("timeout") = py::none())
+            py::arg("id"), py::arg("timeout") = py::none(), py::arg("holder") = py::none())
         .def("take", [](connection& c, std::uint64_t id) { return outcome_to_python(c.take(id)); })
         .def("pending", &connection::pending)
         .def("pending_ids", &connection::pending_ids)

@@ -395,3 +395,20 @@ def test_display_outputs(rc, capsys):
     assert cap.out.index("[stdout:0]") < cap.out.index("[stdout:1]") < cap.out.index("[stdout:2]") < cap.out.index("[stdout:3]")
     assert "[stderr:1] oops\n" in cap.err
     assert "[stderr:" not in cap.err.replace("[stderr:1]", "")
+
+
+def big_multibyte_prints():
+    # Streamed in chunks of at most 1 MiB: 1.8 MB of 3-byte characters per print makes a chunk
+    # end inside a character unless the engine cuts at character boundaries.
+    print("█" * 600_000, flush=True)
+    time.sleep(0.8)  # past the streaming delay: the first print goes out as `output` messages
+    print("é" * 700_001, flush=True)
+    time.sleep(0.3)
+    return "ok"
+
+
+def test_streamed_multibyte_output_arrives_intact(rc):
+    ar = rc[1].apply_async(big_multibyte_prints)
+    assert ar.get(LONG) == "ok"
+    assert ar.stdout == "█" * 600_000 + "\n" + "é" * 700_001 + "\n"
+    assert "\ufffd" not in ar.stdout
