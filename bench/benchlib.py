@@ -217,3 +217,26 @@ def pcluster_env(bin_dir, py_dir):
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (py_dir, env.get("PYTHONPATH")) if p)
     return env
+
+
+def _cpu_times():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return idle, sum(v)
+
+
+def settle(min_idle=0.85, window=0.5, limit=20.0):
+    """Wait until the machine is at least `min_idle` idle over `window` seconds (at most `limit`
+    seconds): what an earlier part left behind (a cluster shutting down, freed memory being
+    reclaimed) must not be timed as part of the next measurement. Returns the idle fraction."""
+    deadline = time.monotonic() + limit
+    frac = 0.0
+    while time.monotonic() < deadline:
+        i0, t0 = _cpu_times()
+        time.sleep(window)
+        i1, t1 = _cpu_times()
+        frac = (i1 - i0) / max(1, t1 - t0)
+        if frac >= min_idle:
+            break
+    return frac

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+import benchlib as bl
 from benchlib import BIG_BYTES, N_ENGINES, SCATTER_BYTES, SMALL_DICT, error_text, log, time_op
 
 
@@ -180,6 +181,7 @@ def run_throughput(rc, noop, n, repeats, results, key="apply_burst"):
     """results[key]: time of `n` non-blocking single-engine applies (round robin over the
     engines) until all results are back, plus n itself and the rate in requests/s."""
     run = _Runner(results)
+    bl.settle()
     run.measure(key, _throughput(rc, noop, n), (repeats, 1))
     rec = results.get(key, {})
     if "median_s" in rec:
