@@ -153,6 +153,11 @@ class AsyncResult(concurrent.futures.Future):
             r = refused[0]
             self._fail(controller_error(r.ename, r.evalue, self._method))
             return
+        lost = [r for r in replies if r.engine == -3]  # a reply this client failed to receive
+        if lost:
+            r = lost[0]
+            self._fail(RemoteError(r.ename, r.evalue, "", {"engine_id": "client", "method": self._method}))
+            return
         if replies and replies[0].engine == -2:  # the controller's own answer (control_reply)
             try:
                 self.set_result(replies[0].control)

@@ -282,7 +282,9 @@ void connection::read_loop() {
                     // That reply is lost to us; the request fails, the connection lives on.
                     proto::engine_reply err;
                     err.id = ref.id;
-                    err.engine = -1;
+                    // Counts as one target's reply, not a refusal: the other targets may still be
+                    // served from this request's segment, which must not be reused before them.
+                    err.engine = local_failure_engine;
                     err.status = proto::reply_status::error;
                     err.ename = "SharedMemoryError";
                     err.evalue = std::string("cannot map the reply in shared memory: ") + e.what();

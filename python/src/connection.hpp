@@ -34,6 +34,8 @@ struct reply {
     std::optional<protocol::control_reply> control;
 };
 inline constexpr std::int32_t controller_engine = -2;
+// A reply this client could not receive (a shared-memory reply it failed to map).
+inline constexpr std::int32_t local_failure_engine = -3;
 using reply_ptr = std::shared_ptr<const reply>;
 
 // What a request printed while it ran (protocol::output), in arrival order.
