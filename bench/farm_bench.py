@@ -223,12 +223,7 @@ def bench_pcluster(args, out, cleanup):
     tmp = tempfile.mkdtemp(prefix="pcluster-farm-")
     cleanup.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
     conn_file, log_file = os.path.join(tmp, "conn.json"), os.path.join(tmp, "mpirun.log")
-    env = bl.pcluster_env(bin_dir, py_dir)
-    cmd = ["mpirun", "-n", str(args.engines + 1), "--oversubscribe", exe, "-f", conn_file]
-    out["meta"]["command"] = " ".join(cmd)
-    t0 = time.perf_counter()
-    with open(log_file, "w") as logf:
-        proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc, out["meta"]["command"], t0 = pcluster_bench.launch(exe, bin_dir, py_dir, conn_file, log_file, args.engines)
     cleanup.append(lambda: bl.kill_tree(proc))  # after a clean shutdown this does nothing
     rc = pcluster_bench.connect(pcluster, proc, conn_file, log_file, t0, args.ready_timeout, args.engines)
     out["meta"]["ready_s"] = time.perf_counter() - t0

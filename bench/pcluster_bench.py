@@ -24,6 +24,17 @@ def noop():
     """Remote no-op for the apply round trip."""
 
 
+def launch(exe, bin_dir, py_dir, conn_file, log_file, engines):
+    """Starts `mpirun -n engines+1 pcluster`, output to log_file: (process, command line, start
+    time)."""
+    cmd = ["mpirun", "-n", str(engines + 1), "--oversubscribe", exe, "--connection-file", conn_file]
+    t0 = time.perf_counter()
+    with open(log_file, "w") as logf:
+        proc = subprocess.Popen(cmd, env=bl.pcluster_env(bin_dir, py_dir), stdout=logf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    return proc, " ".join(cmd), t0
+
+
 def connect(pcluster, proc, conn_file, log_file, t0, limit, engines=bl.N_ENGINES):
     """Client attached to the job once its connection file exists and `engines` engines are registered.
 
@@ -94,13 +105,7 @@ def main():
         sys.path.insert(0, py_dir)
         import pcluster  # imported before t0: start_ready must not include the client's import
 
-        env = bl.pcluster_env(bin_dir, py_dir)
-        cmd = ["mpirun", "-n", str(bl.N_ENGINES + 1), "--oversubscribe", exe, "--connection-file", conn_file]
-        out["meta"]["command"] = " ".join(cmd)
-
-        t0 = time.perf_counter()
-        with open(log_file, "w") as logf:
-            proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc, out["meta"]["command"], t0 = launch(exe, bin_dir, py_dir, conn_file, log_file, bl.N_ENGINES)
         rc = connect(pcluster, proc, conn_file, log_file, t0, args.ready_timeout)
         results["start_ready"] = bl.summarize([time.perf_counter() - t0], 0)
 

@@ -107,18 +107,22 @@ _cell = itertools.count(1)
 @functools.lru_cache(maxsize=256)
 def _compiled(code):
     """Code objects of recently run cells: a loop that runs the same cell again skips the
-    compiler. A linecache entry per cell lets tracebacks quote the user's source lines."""
+    compiler."""
+    return compile(code, _cell_name(code), "exec")
+
+
+def _cell_name(code):
+    """A new cell's file name, with a linecache entry so tracebacks quote the user's lines."""
     name = f"<execute-{next(_cell)}>"
     linecache.cache[name] = (len(code), None, code.splitlines(True), name)
-    return compile(code, name, "exec")
+    return name
 
 
 @functools.lru_cache(maxsize=256)
 def _compiled_interactive(code):
     """(statements, final expression or None): a cell whose last statement is an expression
     shows that expression's value, as IPython's Out[...]."""
-    name = f"<execute-{next(_cell)}>"
-    linecache.cache[name] = (len(code), None, code.splitlines(True), name)
+    name = _cell_name(code)
     tree = ast.parse(code, name, "exec")
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):

@@ -54,6 +54,8 @@ class AsyncResult(concurrent.futures.Future):
     in order.
     """
 
+    _progress_unit = "engine"  # what wait_interactive's bar counts: replies, one per target
+
     def __init__(self, client, msg_id, targets, method, single=False, post=None, flat=False):
         if _LEAN_INIT:
             # Future.__init__ makes a Condition per future, a good part of the cost of a small
@@ -450,7 +452,7 @@ class AsyncResult(concurrent.futures.Future):
         t = _timeout_arg(timeout)
         deadline = None if t is None else time.monotonic() + t
         total = len(self._targets)
-        with _progress.bar(total, self._method) as bar:
+        with _progress.bar(total, self._method, self._progress_unit) as bar:
             while not self.done():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:

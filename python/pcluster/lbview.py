@@ -161,7 +161,7 @@ class LoadBalancedView:
         cs = self._default_chunksize(n) if chunksize is None else chunksize
         if not isinstance(cs, numbers.Integral) or cs < 1:
             raise ValueError(f"chunksize must be a whole number >= 1, not {cs!r}")
-        fbytes = _function_bytes(f)
+        fbytes = serialize.checked_dumps_function(f)
         children = []
         single = len(seqs) == 1
         for lo in range(0, n, cs):
@@ -201,18 +201,10 @@ class LoadBalancedView:
             max_outstanding = 4 * len(self)
         if not isinstance(chunksize, numbers.Integral) or chunksize < 1:
             raise ValueError(f"chunksize must be a whole number >= 1, not {chunksize!r}")
-        fbytes = _function_bytes(f)
+        fbytes = serialize.checked_dumps_function(f)
         single = len(iterables) == 1
         items = iter(iterables[0]) if single else zip(*iterables)
         return _imap(self, fbytes, items, single, chunksize, ordered, max(1, int(max_outstanding)), return_exceptions)
-
-
-def _function_bytes(f):
-    try:
-        return serialize.dumps_function(f)
-    except Exception as e:
-        what = getattr(f, "__name__", "the function")
-        raise TypeError(f"cannot send {what} to the engines: it cannot be pickled ({type(e).__name__}: {e})") from e
 
 
 def _imap(lv, fbytes, items, single, chunksize, ordered, max_outstanding, return_exceptions):
@@ -252,6 +244,8 @@ def _imap(lv, fbytes, items, single, chunksize, ordered, max_outstanding, return
 class AsyncMapResult(AsyncResult):
     """Result of a load-balanced map: one task per chunk. A Future of the whole list; iterating
     yields values as chunks finish (in order, or as they come with ordered=False)."""
+
+    _progress_unit = "chunk"  # one _targets slot per chunk: progress counts finished chunks
 
     def __init__(self, client, children, ordered=True, return_exceptions=False):
         concurrent.futures.Future.__init__(self)
@@ -330,26 +324,6 @@ class AsyncMapResult(AsyncResult):
     @property
     def progress(self):
         return sum(c.done() for c in self._children)
-
-    def wait_interactive(self, interval=0.1, timeout=-1, return_value=False):
-        from . import _progress
-        import time
-
-        t = _timeout_arg(timeout)
-        deadline = None if t is None else time.monotonic() + t
-        with _progress.bar(len(self._children), "map", "chunk") as bar:
-            while not self.done():
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                concurrent.futures.wait(self._children, timeout=interval, return_when=concurrent.futures.FIRST_COMPLETED)
-                bar.update_to(self.progress)
-                if self.progress == len(self._children):
-                    self._collect(None)
-            bar.update_to(self.progress)
-        if return_value:
-            return self.done()
-        if not self.done():
-            raise TimeoutError(f"map not finished after {timeout} s")
 
     def __iter__(self):
         if self._ordered:

@@ -27,23 +27,16 @@ def dumps(obj):
     return [stream] + [b.raw() for b in bufs]
 
 
-def dumps_code(obj):
-    """Like dumps, but always through cloudpickle (functions travel by value)."""
-    bufs = []
-    stream = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=bufs.append)
-    return [stream] + [b.raw() for b in bufs]
-
-
 def loads(bufs):
     """Inverse of dumps; the buffers are used in place (no copy)."""
     return pickle.loads(bufs[0], buffers=bufs[1:])
 
 
-def checked_dumps(obj, what, code=False):
+def checked_dumps(obj, what):
     """dumps that turns any pickling failure into a TypeError naming what could not be sent,
     raised before anything goes on the wire."""
     try:
-        return dumps_code(obj) if code else dumps(obj)
+        return dumps(obj)
     except Exception as e:  # pickling raises many types (TypeError, PicklingError, AttributeError)
         raise TypeError(f"cannot send {what} to the engines: it cannot be pickled ({type(e).__name__}: {e})") from e
 
@@ -97,11 +90,16 @@ def dumps_function(f):
 def checked_dumps_call(f, args, kwargs):
     """Buffers of an apply: (pickled f, args, kwargs), f from the function cache. TypeError
     naming what cannot be pickled, before anything is sent."""
-    what = getattr(f, "__name__", "the function")
-    try:
-        fbytes = dumps_function(f)
-    except Exception as e:
-        raise TypeError(f"cannot send {what} to the engines: it cannot be pickled ({type(e).__name__}: {e})") from e
+    fbytes = checked_dumps_function(f)
     if not args and not kwargs:
         return [pickle.dumps((fbytes, (), None), protocol=PROTOCOL)]
-    return checked_dumps((fbytes, args, kwargs), f"the arguments of {what}")
+    return checked_dumps((fbytes, args, kwargs), f"the arguments of {getattr(f, '__name__', 'the function')}")
+
+
+def checked_dumps_function(f):
+    """dumps_function, with a failure turned into a TypeError naming the function."""
+    try:
+        return dumps_function(f)
+    except Exception as e:
+        what = getattr(f, "__name__", "the function")
+        raise TypeError(f"cannot send {what} to the engines: it cannot be pickled ({type(e).__name__}: {e})") from e

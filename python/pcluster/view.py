@@ -3,7 +3,6 @@
 import numbers
 
 from . import _core, serialize
-from .asyncresult import AsyncResult
 
 
 def _partition(seq, nparts):

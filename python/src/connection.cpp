@@ -429,14 +429,6 @@ std::vector<output_chunk> connection::take_output(std::uint64_t id) {
     return out;
 }
 
-std::vector<std::uint64_t> connection::pending_ids() {
-    std::lock_guard lk(mu_);
-    std::vector<std::uint64_t> out;
-    out.reserve(requests_.size());
-    for (auto& [id, r] : requests_) out.push_back(id);
-    return out;
-}
-
 std::vector<std::uint64_t> connection::abandon(std::optional<std::uint64_t> id) {
     std::lock_guard lk(mu_);
     std::vector<std::uint64_t> out;

@@ -90,8 +90,6 @@ public:
     std::vector<reply_ptr> wait_count(std::uint64_t id, std::size_t n, protocol::clock::time_point deadline);
     // Output streamed for `id` so far, removed from here.
     std::vector<output_chunk> take_output(std::uint64_t id);
-    // Requests sent and not yet taken.
-    std::vector<std::uint64_t> pending_ids();
     // Once the connection is closed: forgets request `id` (all requests when nullopt) unless it
     // is complete, and returns the ids forgotten. Their outcome will never come; the caller
     // fails them. Complete ones stay for whoever takes them, so no result is failed twice.

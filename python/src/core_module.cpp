@@ -382,7 +382,6 @@ PYBIND11_MODULE(_core, m) {
             py::arg("id"), py::arg("timeout") = py::none(), py::arg("holder") = py::none())
         .def("take", [](connection& c, std::uint64_t id) { return outcome_to_python(c.take(id)); })
         .def("pending", &connection::pending)
-        .def("pending_ids", &connection::pending_ids)
         .def("abandon", &connection::abandon, py::arg("id") = py::none())
         .def(
             "next_completed",
