@@ -10,7 +10,8 @@
 
 #include "controller.hpp"
 #include "engine.hpp"
-#include "pcluster/protocol/mpi_wire.hpp"
+#include "pcluster/mpi/idle.hpp"
+#include "pcluster/protocol/config.hpp"
 
 int main(int argc, char** argv) {
     pcluster::controller::options opt;
@@ -19,15 +20,24 @@ int main(int argc, char** argv) {
                  "clients attach through the connection file with pcluster.Client()."};
     app.add_option("-f,--connection-file", opt.connection_file,
                    "where to write the connection file (default: $PCLUSTER_CONNECTION_FILE or ~/.pcluster/connection.json)");
-    app.add_option("--ip", opt.ip, "address the bridge listens on (default 127.0.0.1; 0.0.0.0 for all interfaces)");
+    app.add_option("--ip", opt.ip,
+                   "address the bridge listens on (default: 127.0.0.1; in a SLURM job submitted from another host, the address that host reaches; 0.0.0.0 for all interfaces)");
     app.add_option("--port", opt.port, "TCP port for clients (default: a free port)")->check(CLI::Range(0, 65535));
     app.add_option("--log-level", opt.log_level, "trace, debug, info, warn, error")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
-    // Parse before MPI_Init so --help and bad options need no MPI job at all.
+    app.footer(pcluster::config::describe());
+    // Parse before MPI_Init so --help and bad options need no MPI job at all; the same for bad
+    // settings: every rank refuses them at once, naming the variable.
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
         return app.exit(e);
+    }
+    try {
+        pcluster::config::check_config();
+    } catch (const pcluster::config::config_error& e) {
+        std::fprintf(stderr, "pcluster: %s\n", e.what());
+        return 2;
     }
     spdlog::set_level(spdlog::level::from_str(opt.log_level));
     spdlog::set_pattern("pcluster %l: %v");

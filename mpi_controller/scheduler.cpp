@@ -42,7 +42,7 @@ struct task_record {
 struct finished_record {
     bool ok = false;
     int engine = -1;
-    std::string ename;  // when it failed
+    error_kind kind = error_kind::none;  // why the scheduler dropped it (none: the engine failed it)
 };
 
 struct engine_record {
@@ -79,7 +79,7 @@ struct settled {
     task_id id;
     bool ok;
     int engine;
-    std::string ename;
+    error_kind kind;
     std::vector<waiter> waiters;
 };
 
@@ -209,8 +209,8 @@ struct scheduler::impl {
     void settle(record& r, bool ok, int engine, outcome o, std::vector<outcome>& out) {
         unqueue(r);
         const task_id id = r.spec.id;
-        remember(id, {ok, engine, o.ename});
-        to_notify.push_back({id, ok, engine, o.ename, std::move(r.waiters)});
+        remember(id, {ok, engine, o.kind});
+        to_notify.push_back({id, ok, engine, o.kind, std::move(r.waiters)});
         o.id = id;
         o.client = r.spec.client;
         o.engine = engine;
@@ -218,16 +218,16 @@ struct scheduler::impl {
         tasks.erase(id);
     }
 
-    void drop(record& r, std::string_view ename, std::string evalue, std::vector<outcome>& out) {
+    void drop(record& r, error_kind kind, std::string evalue, std::vector<outcome>& out) {
         const int engine = r.state == task_state::sent ? r.engine : -1;
-        settle(r, false, engine, {.what = verdict::dropped, .ename = std::string(ename), .evalue = std::move(evalue)},
+        settle(r, false, engine, {.what = verdict::dropped, .kind = kind, .evalue = std::move(evalue)},
                out);
     }
 
     void make_ready(record& r, std::vector<outcome>& out) {
         if (r.deadline) deadlines.erase(*r.deadline), r.deadline.reset();
         if (!enqueue(r))
-            drop(r, sched_error::impossible_dependency,
+            drop(r, error_kind::impossible_dependency,
                  "task " + std::to_string(r.spec.id) + ": none of the engines it may run on is alive", out);
     }
 
@@ -238,21 +238,21 @@ struct scheduler::impl {
         std::erase(d.pending, s.id);
         const std::string who = "task " + std::to_string(d.spec.id) + ": ";
         if (!s.ok && (w.follow || !d.spec.after_failure_ok)) {
-            drop(d, sched_error::dependency_failed,
-                 who + "dependency " + std::to_string(s.id) + " failed" + (s.ename.empty() ? "" : " (" + s.ename + ")"),
+            drop(d, error_kind::dependency_failed,
+                 who + "dependency " + std::to_string(s.id) + " failed" + (s.kind == error_kind::none ? "" : " (" + std::string(protocol::name_of(s.kind)) + ")"),
                  out);
             return;
         }
         if (w.follow) {
             if (d.pin && *d.pin != s.engine) {
-                drop(d, sched_error::impossible_dependency,
+                drop(d, error_kind::impossible_dependency,
                      who + "follow dependencies ran on different engines (" + std::to_string(*d.pin) + " and " +
                          std::to_string(s.engine) + ")",
                      out);
                 return;
             }
             if (!d.spec.engines.empty() && !detail::contains(d.spec.engines, s.engine)) {
-                drop(d, sched_error::impossible_dependency,
+                drop(d, error_kind::impossible_dependency,
                      who + "follow dependency " + std::to_string(s.id) + " ran on engine " + std::to_string(s.engine) +
                          ", which it may not run on",
                      out);
@@ -316,17 +316,17 @@ std::size_t scheduler::live() const {
 std::optional<outcome> scheduler::submit(task t, time_point now) {
     auto& m = *impl_;
     const std::string who = "task " + std::to_string(t.id) + ": ";
-    auto refuse = [&](std::string_view ename, std::string why) {
-        return outcome{t.id, t.client, verdict::refused, -1, std::string(ename), who + why};
+    auto refuse = [&](error_kind kind, std::string why) {
+        return outcome{t.id, t.client, verdict::refused, -1, kind, who + why};
     };
     if (m.tasks.contains(t.id) || m.finished.contains(t.id))
-        return refuse(sched_error::invalid_task, "the id is already in use");
-    if (t.retries < 0) return refuse(sched_error::invalid_task, "retries must not be negative");
+        return refuse(error_kind::invalid_task, "the id is already in use");
+    if (t.retries < 0) return refuse(error_kind::invalid_task, "retries must not be negative");
     std::sort(t.engines.begin(), t.engines.end());
     t.engines.erase(std::unique(t.engines.begin(), t.engines.end()), t.engines.end());
     for (int e : t.engines)
         if (!m.valid_engine(e))
-            return refuse(sched_error::invalid_task, "there is no engine " + std::to_string(e) + " (engines are 0.." +
+            return refuse(error_kind::invalid_task, "there is no engine " + std::to_string(e) + " (engines are 0.." +
                                                          std::to_string(m.engines.size()) + "-1)");
 
     // One entry per dependency; listed in both `after` and `follow` means follow.
@@ -341,7 +341,7 @@ std::optional<outcome> scheduler::submit(task t, time_point now) {
         auto live = m.tasks.find(dep);
         auto done = m.finished.find(dep);
         if (live == m.tasks.end() && done == m.finished.end())
-            return refuse(sched_error::invalid_dependency,
+            return refuse(error_kind::invalid_dependency,
                           "dependency " + std::to_string(dep) +
                               " is unknown (never submitted, or finished too long ago to be remembered)");
         if (!follow) continue;
@@ -352,23 +352,23 @@ std::optional<outcome> scheduler::submit(task t, time_point now) {
             e = done->second.engine;
         if (!e) continue;
         if (pin && pin->second != *e)
-            return refuse(sched_error::impossible_dependency,
+            return refuse(error_kind::impossible_dependency,
                           "follow dependencies run on different engines (" + std::to_string(pin->first) + " on " +
                               std::to_string(pin->second) + ", " + std::to_string(dep) + " on " + std::to_string(*e) +
                               ")");
         pin = {dep, *e};
     }
     if (pin && !t.engines.empty() && !std::binary_search(t.engines.begin(), t.engines.end(), pin->second))
-        return refuse(sched_error::impossible_dependency, "follow dependency " + std::to_string(pin->first) +
+        return refuse(error_kind::impossible_dependency, "follow dependency " + std::to_string(pin->first) +
                                                               " runs on engine " + std::to_string(pin->second) +
                                                               ", which is not among the engines it may run on");
     if (pin && !m.eng(pin->second).alive)
-        return refuse(sched_error::impossible_dependency, "follow dependency " + std::to_string(pin->first) +
+        return refuse(error_kind::impossible_dependency, "follow dependency " + std::to_string(pin->first) +
                                                               " ran on engine " + std::to_string(pin->second) +
                                                               ", which died");
     if (t.engines.empty() ? m.alive == 0
                           : std::none_of(t.engines.begin(), t.engines.end(), [&](int e) { return m.eng(e).alive; }))
-        return refuse(sched_error::impossible_dependency, "none of the engines it may run on is alive");
+        return refuse(error_kind::impossible_dependency, "none of the engines it may run on is alive");
 
     // Accepted.
     const task_id id = t.id;
@@ -390,9 +390,9 @@ std::optional<outcome> scheduler::submit(task t, time_point now) {
     std::vector<outcome> out;
     if (failed_dep) {
         const auto& f = m.finished.at(*failed_dep);
-        m.drop(r, sched_error::dependency_failed,
+        m.drop(r, error_kind::dependency_failed,
                who + "dependency " + std::to_string(*failed_dep) + " failed" +
-                   (f.ename.empty() ? "" : " (" + f.ename + ")"),
+                   (f.kind == error_kind::none ? "" : " (" + std::string(protocol::name_of(f.kind)) + ")"),
                out);
     } else if (r.pending.empty()) {
         m.make_ready(r, out);
@@ -496,10 +496,10 @@ std::vector<outcome> scheduler::on_engine_dead(int engine) {
                 }
                 r.engine = engine;  // for drop(): where it last was
                 r.state = task_state::sent;
-                m.drop(r, sched_error::engine_died,
+                m.drop(r, error_kind::engine_died,
                        who + where + " died while holding it, and no other engine may run it", out);
             } else {
-                m.drop(r, sched_error::engine_died, who + where + " died while holding it", out);
+                m.drop(r, error_kind::engine_died, who + where + " died while holding it", out);
             }
             continue;
         }
@@ -508,7 +508,7 @@ std::vector<outcome> scheduler::on_engine_dead(int engine) {
             er.queue.erase(r.seq);
         }
         if (r.state != task_state::sent && !m.may_run_somewhere(r))
-            m.drop(r, sched_error::impossible_dependency,
+            m.drop(r, error_kind::impossible_dependency,
                    who + where + " died, and none of the engines it may run on is left", out);
     }
     er.queue.clear();
@@ -524,7 +524,7 @@ std::vector<outcome> scheduler::expire(time_point now) {
     while (!m.deadlines.empty() && m.deadlines.begin()->first <= now) {
         auto& r = m.tasks.at(m.deadlines.begin()->second);
         const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(*r.spec.timeout).count();
-        m.drop(r, sched_error::task_timeout,
+        m.drop(r, error_kind::task_timeout,
                "task " + std::to_string(r.spec.id) + ": waited " + std::to_string(waited) +
                    " ms for its dependencies; still pending: " + detail::id_list(r.pending),
                out);
@@ -548,7 +548,7 @@ abort_report scheduler::abort(const std::vector<task_id>& ids) {
         } else if (it->second.state == task_state::sent) {
             rep.refused.push_back({id, "cannot abort: running on engine " + std::to_string(it->second.engine)});
         } else {
-            m.drop(it->second, sched_error::task_aborted, "task " + std::to_string(id) + ": aborted", rep.dropped);
+            m.drop(it->second, error_kind::task_aborted, "task " + std::to_string(id) + ": aborted", rep.dropped);
         }
     }
     m.drain(rep.dropped);

@@ -15,22 +15,16 @@
 #include <string_view>
 #include <vector>
 
+#include "pcluster/protocol/errors.hpp"
+
 namespace pcluster::controller {
 
 using task_id = std::uint64_t;
 using sched_clock = std::chrono::steady_clock;
 
-// The ename of every error the scheduler makes up itself; evalue says which task, engine or
-// dependency. The controller puts both straight into an error reply.
-namespace sched_error {
-inline constexpr std::string_view invalid_task = "InvalidTask";                   // bad id, engine or retries
-inline constexpr std::string_view invalid_dependency = "InvalidDependency";       // unknown or forgotten
-inline constexpr std::string_view impossible_dependency = "ImpossibleDependency";  // nowhere it may run
-inline constexpr std::string_view dependency_failed = "DependencyFailed";
-inline constexpr std::string_view task_timeout = "TaskTimeout";  // dependencies too slow
-inline constexpr std::string_view task_aborted = "TaskAborted";
-inline constexpr std::string_view engine_died = "EngineDied";
-}  // namespace sched_error
+// Errors the scheduler makes up itself are protocol::error_kind values (the controller puts them
+// straight into an error reply); evalue says which task, engine or dependency.
+using protocol::error_kind;
 
 struct task {
     task_id id = 0;
@@ -47,8 +41,8 @@ enum class verdict {
     done,    // the engine replied ok: forward its reply
     failed,  // the engine replied with an error and no try is left: forward its reply
     retried,  // queued again (on another engine): drop the engine's reply, if any
-    dropped,  // the scheduler gave up on it: answer with ename/evalue
-    refused,  // submit() turned it down: answer with ename/evalue. It is not remembered.
+    dropped,  // the scheduler gave up on it: answer with kind/evalue
+    refused,  // submit() turned it down: answer with kind/evalue. It is not remembered.
 };
 
 struct outcome {
@@ -56,7 +50,8 @@ struct outcome {
     std::uint32_t client = 0;
     verdict what = verdict::done;
     int engine = -1;               // where it last ran (done, failed, retried: where it failed); -1 if it never ran
-    std::string ename{}, evalue{};  // set for dropped and refused only
+    error_kind kind = error_kind::none;  // set for dropped and refused only
+    std::string evalue{};
 };
 
 struct assignment {

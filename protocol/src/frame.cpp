@@ -103,37 +103,6 @@ std::vector<char> make_head(std::uint16_t type, std::span<const char> meta,
     return head;
 }
 
-const char* type_name(std::uint16_t type) {
-    switch (static_cast<message_type>(type)) {
-    case message_type::challenge: return "challenge";
-    case message_type::auth_request: return "auth_request";
-    case message_type::auth_reply: return "auth_reply";
-    case message_type::execute_request: return "execute_request";
-    case message_type::push_request: return "push_request";
-    case message_type::pull_request: return "pull_request";
-    case message_type::apply_request: return "apply_request";
-    case message_type::scatter_request: return "scatter_request";
-    case message_type::gather_request: return "gather_request";
-    case message_type::map_request: return "map_request";
-    case message_type::shutdown_request: return "shutdown_request";
-    case message_type::task_request: return "task_request";
-    case message_type::control_request: return "control_request";
-    case message_type::control_reply: return "control_reply";
-    case message_type::engine_reply: return "engine_reply";
-    case message_type::job_ended: return "job_ended";
-    case message_type::output: return "output";
-    case message_type::shm_frame: return "shm_frame";
-    case message_type::shm_return: return "shm_return";
-    case message_type::job_info: return "job_info";
-    case message_type::bridge_ready: return "bridge_ready";
-    }
-    return "unknown message type";
-}
-
-bool is_request(std::uint16_t type) {
-    return visit_request_type(type, [](auto) {});
-}
-
 route decode_route(const frame_view& f) {
     route r;
     bool found = visit_request_type(f.type(), [&](auto tag) { r = decode<decltype(tag)>(f).r; });

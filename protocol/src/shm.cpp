@@ -93,40 +93,81 @@ std::shared_ptr<byte_buffer> take_shm(const shm_frame& ref) {
     return byte_buffer::adopt_mapping(static_cast<char*>(p), ref.size);
 }
 
-void remove_shm_leftovers(const std::string& owner) {
+namespace {
+// Calls f(path) for every entry of /dev/shm whose name starts with `head`; stops when f says so.
+template <class F>
+void for_each_shm(const std::string& head, F&& f) {
     std::error_code ec;
-    const std::string head = std::string(shm_prefix) + owner + "-";
-    for (auto& e : std::filesystem::directory_iterator(shm_dir, ec)) {
-        const std::string name = e.path().filename().string();
-        if (name.compare(0, head.size(), head) == 0) std::filesystem::remove(e.path(), ec);
-    }
-}
-
-}  // namespace pcluster::protocol
-
-namespace pcluster::protocol {
-bool has_shm_leftovers(const std::string& owner) {
-    std::error_code ec;
-    const std::string head = std::string(shm_prefix) + owner + "-";
     for (auto& e : std::filesystem::directory_iterator(shm_dir, ec))
-        if (e.path().filename().string().compare(0, head.size(), head) == 0) return true;
-    return false;
+        if (e.path().filename().string().compare(0, head.size(), head) == 0 && !f(e.path())) return;
 }
-}  // namespace pcluster::protocol
+}  // namespace
 
-namespace pcluster::protocol {
+void remove_shm_leftovers(const std::string& owner) {
+    for_each_shm(std::string(shm_prefix) + owner + "-", [](const std::filesystem::path& p) {
+        std::error_code ec;
+        std::filesystem::remove(p, ec);
+        return true;
+    });
+}
+
+bool has_shm_leftovers(const std::string& owner) {
+    bool found = false;
+    for_each_shm(std::string(shm_prefix) + owner + "-", [&](const std::filesystem::path&) { return !(found = true); });
+    return found;
+}
+
 std::string client_shm_owner() { return "c" + std::to_string(::getpid()) + "x" + to_hex(random_bytes32()).substr(0, 8); }
 
 void remove_dead_client_segments() {
-    std::error_code ec;
     const std::string head = std::string(shm_prefix) + "c";
-    for (auto& e : std::filesystem::directory_iterator(shm_dir, ec)) {
-        const std::string name = e.path().filename().string();
-        if (name.compare(0, head.size(), head) != 0) continue;
+    for_each_shm(head, [&](const std::filesystem::path& p) {
+        const std::string name = p.filename().string();
         const auto x = name.find('x', head.size());
-        if (x == std::string::npos) continue;
+        if (x == std::string::npos) return true;
         const long pid = std::atol(name.substr(head.size(), x - head.size()).c_str());
-        if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) std::filesystem::remove(e.path(), ec);
+        std::error_code ec;
+        if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) std::filesystem::remove(p, ec);
+        return true;
+    });
+}
+
+shm_out shm_pool::get(std::uint64_t size) {
+    {
+        std::lock_guard lk(mu_);
+        auto best = free_.end();
+        for (auto it = free_.begin(); it != free_.end(); ++it) {
+            const auto have = it->map->size();
+            if (have >= size && have <= 2 * size + (std::uint64_t{1} << 20) &&
+                (best == free_.end() || have < best->map->size()))
+                best = it;
+        }
+        if (best != free_.end()) {
+            shm_out s = std::move(*best);
+            free_.erase(best);
+            return s;
+        }
+    }
+    constexpr std::uint64_t mib = std::uint64_t{1} << 20;
+    return create_shm(owner_, (size + mib - 1) / mib * mib);
+}
+
+void shm_pool::put(shm_out s) {
+    std::lock_guard lk(mu_);
+    free_.push_back(std::move(s));
+    std::uint64_t total = 0;
+    for (auto& f : free_) total += f.map->size();
+    while (!free_.empty() && (free_.size() > limits_.segments || total > limits_.bytes)) {
+        total -= free_.front().map->size();
+        ::unlink(free_.front().path.c_str());
+        free_.pop_front();
     }
 }
+
+void shm_pool::clear() {
+    std::lock_guard lk(mu_);
+    for (auto& f : free_) ::unlink(f.path.c_str());
+    free_.clear();
+}
+
 }  // namespace pcluster::protocol

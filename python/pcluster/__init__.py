@@ -6,15 +6,16 @@ from .error import (
     AuthenticationError,
     CompositeError,
     DependencyError,
+    EngineError,
     JobEndedError,
     NoJobError,
     PclusterError,
     RemoteError,
-    TaskAborted,
     TaskError,
-    TaskTimeout,
 )
-from .lbview import AsyncMapResult, LoadBalancedView
+from .error import _KIND_CLASSES as _kinds
+from .lbview import LoadBalancedView
+from .mapresult import AsyncMapResult
 from .view import DirectView
 
 __version__ = "0.1.0"
@@ -26,14 +27,16 @@ def load_ipython_extension(ipython):
 
     magics.load(ipython)
 
-__all__ = [
+# Every error kind's exception class (TaskAborted, EngineDied, ...), from the error table.
+globals().update({cls.__name__: cls for cls in _kinds.values()})
+
+__all__ = [cls.__name__ for cls in _kinds.values()] + [
+    "EngineError",
     "AsyncMapResult",
     "AsyncResult",
     "DependencyError",
     "LoadBalancedView",
-    "TaskAborted",
     "TaskError",
-    "TaskTimeout",
     "AuthenticationError",
     "Client",
     "CompositeError",

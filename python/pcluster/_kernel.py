@@ -130,6 +130,21 @@ def _compiled_interactive(code):
     return compile(tree, name, "exec"), last
 
 
+# Request type -> the function that serves it: handler(msg, shared buffers, part buffers) ->
+# the result to pickle back. Every request type of the protocol that reaches engines has one
+# (tests/python/test_protocol.py checks).
+_handlers = {}
+
+
+def _handles(name):
+    def register(f):
+        _handlers[getattr(_core, name)] = f
+        return f
+
+    return register
+
+
+@_handles("execute_request")
 def _execute(msg, shared, part):
     if msg.silent:
         exec(_compiled(msg.code), _ns)
@@ -148,13 +163,15 @@ class _ExecuteResult(str):
     """The repr of a cell's final expression: goes in the reply's execute_result."""
 
 
+@_handles("push_request")
 def _push(msg, shared, part):
     _ns.update(serialize.loads(shared))
     return None
 
 
+@_handles("pull_request")
 def _pull(msg, shared, part):
-    if msg.single:
+    if msg.scalar:
         return _lookup(msg.names[0])
     return [_lookup(n) for n in msg.names]
 
@@ -177,12 +194,14 @@ def _function(fbytes):
     return f
 
 
+@_handles("apply_request")
 def _apply(msg, shared, part):
-    fbytes, args, kwargs = serialize.loads(shared)
+    fbytes, args, kwargs = serialize.unpack_call(shared)
     f = _bind(_function(fbytes))
     return f(*args, **kwargs) if kwargs else f(*args)
 
 
+@_handles("scatter_request")
 def _scatter(msg, shared, part):
     value = serialize.loads(part)
     if msg.flatten and isinstance(value, (list, tuple)) and len(value) == 1:
@@ -191,22 +210,24 @@ def _scatter(msg, shared, part):
     return None
 
 
+@_handles("gather_request")
 def _gather(msg, shared, part):
     return _lookup(msg.key)
 
 
+@_handles("map_request")
 def _map(msg, shared, part):
-    fbytes, _, _ = serialize.loads(shared)
+    fbytes, _, _ = serialize.unpack_call(shared)
     f = _bind(_function(fbytes))
     return [f(*args) for args in serialize.loads(part)]
 
 
+@_handles("task_request")
 def _task(msg, shared, part):
-    """A farm task: an apply, or a chunk of a load-balanced map: (fbytes, items, 1) calls f(x)
-    for each item of one sequence's slice, (fbytes, [argument tuples], None) f(*args)."""
-    if msg.kind == 0:
+    """A farm task: a call, or a chunk of a load-balanced map (serialize.pack_chunk)."""
+    if msg.kind == _core.task_kind.call:
         return _apply(msg, shared, part)
-    fbytes, items, single = serialize.loads(shared)
+    fbytes, items, single = serialize.unpack_chunk(shared)
     f = _bind(_function(fbytes))
     if not msg.return_exceptions:
         return [f(x) for x in items] if single else [f(*a) for a in items]
@@ -229,21 +250,9 @@ def _item_error(e):
     return RemoteError(type(e).__name__, _safe_str(e), tb, {"engine_id": _id, "method": "map"})
 
 
+@_handles("shutdown_request")
 def _shutdown(msg, shared, part):
     return None
-
-
-_handlers = {
-    _core.execute_request: _execute,
-    _core.push_request: _push,
-    _core.pull_request: _pull,
-    _core.apply_request: _apply,
-    _core.scatter_request: _scatter,
-    _core.gather_request: _gather,
-    _core.map_request: _map,
-    _core.shutdown_request: _shutdown,
-    _core.task_request: _task,
-}
 
 
 def _remote_traceback(exc):
@@ -275,43 +284,46 @@ def handle(frame, part):
     """The request boundary: whatever the user's code does (raise, SystemExit,
     KeyboardInterrupt), the reply says so and the engine lives on. Returns the reply frame as a
     list of buffers: [head, pickle stream, out-of-band buffers...]."""
-    rep = _core.engine_reply()
-    rep.engine = _id
-    rep.started = time.time()
+    started = time.time()
+    msg_id = 0
     bufs = []
+    execute_result = None
     capturing = False
     try:
         msg, shared, parts = _core.decode_request(frame, part, _id)
-        rep.id = msg.r.id
+        msg_id = msg.r.id
         if _capture is not None:
             capturing = bool(msg.r.flags & _CAPTURE)
-            _capture.begin(rep.id, capturing)
+            _capture.begin(msg_id, capturing)
             if capturing and (sys.stdout is not _stdout or sys.stderr is not _stderr):
                 sys.stdout, sys.stderr = _stdout, _stderr
         result = _handlers[type(msg)](msg, shared, parts)
         if type(result) is _ExecuteResult:
-            rep.execute_result = str(result)
-            rep.has_execute_result = True
+            execute_result = str(result)
             result = None
         try:
             bufs = serialize.dumps(result)
         except Exception as e:
             raise TypeError(f"the result cannot be sent back: it cannot be pickled ({type(e).__name__}: {e})") from e
-        rep.ok = True
+        rep = _core.engine_reply(id=msg_id, engine=_id, execute_result=execute_result)
     except BaseException as e:  # noqa: B036 - the boundary must catch SystemExit/KeyboardInterrupt too
         bufs = []
-        rep.ok = False
-        rep.ename = type(e).__name__
-        rep.evalue = _safe_str(e)
+        ename, evalue = type(e).__name__, _safe_str(e)
         try:
-            rep.traceback = _remote_traceback(e)
+            tb = _remote_traceback(e)
         except BaseException:  # noqa: B036 - a hostile exception must not break the reply
-            rep.traceback = [f"{rep.ename}: {rep.evalue}\n"]
+            tb = [f"{ename}: {evalue}\n"]
+        rep = _core.error_reply(msg_id, _ENGINE, _id, _NO_KIND, ename, evalue, tb)
     finally:
         _flush_streams()
         if capturing:
             out = _capture.finish()
             if out is not None:  # None: nothing was printed
                 rep.stdout_text, rep.stderr_text = out
+    rep.started = started
     rep.completed = time.time()
     return [_core.encode_reply(rep, bufs)] + bufs
+
+
+_ENGINE = _core.reply_origin.engine
+_NO_KIND = _core.error_kind.none

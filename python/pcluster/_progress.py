@@ -2,8 +2,9 @@
 text on a terminal, nothing when output is not interactive or PCLUSTER_NONINTERACTIVE=1."""
 
 import importlib.util
-import os
 import sys
+
+from . import _core
 
 
 def in_kernel():
@@ -19,7 +20,7 @@ def in_kernel():
 
 
 def enabled():
-    if os.environ.get("PCLUSTER_NONINTERACTIVE", "") not in ("", "0"):
+    if _core.setting("PCLUSTER_NONINTERACTIVE"):
         return False
     if in_kernel():
         return True

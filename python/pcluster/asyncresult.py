@@ -13,8 +13,12 @@ import concurrent.futures
 import threading
 import time
 
-from . import _progress, serialize
-from .error import CompositeError, JobEndedError, RemoteError, controller_error
+from . import _core, _progress, serialize
+from .error import CompositeError, JobEndedError, from_reply
+
+# Replies that answer a whole request rather than one target: a refusal by the controller or
+# bridge, or one this client could not receive.
+_WHOLE_REQUEST = (_core.reply_origin.refused, _core.reply_origin.client)
 
 # Blocking waits on several engines show a progress bar once they take this long (interactive
 # sessions only).
@@ -110,12 +114,12 @@ class AsyncResult(concurrent.futures.Future):
             if not self._absorbed:
                 if chunks:
                     self._absorb_output(chunks)
-                final = [(r.engine, r.stdout, r.stderr) for r in replies if r.engine >= 0 and r.has_output]
+                final = [(r.engine, r.stdout, r.stderr) for r in replies if r.has_output]
                 if final:
                     self._absorb_output(final)
                 self._absorbed = True
             if len(replies) == 1 and self._single and self._post is None and replies[0].ok and replies[0].engine >= 0:
-                self._resolve_one(replies[0])  # the common case, kept short: a farm task, rc[i]
+                self._resolve_one(replies[0])  # the common case, kept short: an engine's result for a task, rc[i]
             else:
                 self._resolve(replies)
         finally:
@@ -150,27 +154,21 @@ class AsyncResult(concurrent.futures.Future):
         self._client._forget(self.msg_id)
 
     def _resolve(self, replies):
-        refused = [r for r in replies if r.engine == -1]
-        if refused:
-            r = refused[0]
-            self._fail(controller_error(r.ename, r.evalue, self._method))
-            return
-        lost = [r for r in replies if r.engine == -3]  # a reply this client failed to receive
-        if lost:
-            r = lost[0]
-            self._fail(RemoteError(r.ename, r.evalue, "", {"engine_id": "client", "method": self._method}))
-            return
-        if replies and replies[0].engine == -2:  # the controller's own answer (control_reply)
+        if replies and replies[0].control is not None:  # the controller's own answer (control_reply)
             try:
                 self.set_result(replies[0].control)
             except concurrent.futures.InvalidStateError:
                 pass
             return
+        for r in replies:
+            if r.origin in _WHOLE_REQUEST:
+                self._fail(from_reply(r, self._method))
+                return
         if self._targets == [None]:  # a farm task: known where it ran only now
             self._targets = [replies[0].engine]
         self._replies = {r.engine: r for r in replies}
         ordered = [self._replies[t] for t in self._targets]
-        errors = [self._error_of(r) for r in ordered if not r.ok]
+        errors = [from_reply(r, self._method) for r in ordered if not r.ok]
         if errors:
             if self._single:
                 self._fail(errors[0])
@@ -179,6 +177,7 @@ class AsyncResult(concurrent.futures.Future):
                 msg = f"one or more exceptions raised in {self._method} on {len(errors)} of {n} engine(s)"
                 self._fail(CompositeError(msg, errors))
             return
+
         def values():
             vals = [serialize.loads(r.buffers()) for r in ordered]
             if self._post is not None:
@@ -186,9 +185,6 @@ class AsyncResult(concurrent.futures.Future):
             return vals[0] if self._single else vals
 
         self._succeed(values)
-
-    def _error_of(self, r):
-        return RemoteError(r.ename, r.evalue, "".join(r.traceback), {"engine_id": r.engine, "method": self._method})
 
     def _collect(self, timeout):
         """Waits up to timeout (None: no limit) for the outcome; True once done."""
@@ -330,10 +326,8 @@ class AsyncResult(concurrent.futures.Future):
             if self.done():
                 break
             r = got[t]
-            if r.engine < 0:
-                break  # refused: get() below raises
             if not r.ok:
-                raise self._error_of(r)
+                raise from_reply(r, self._method)
             value = serialize.loads(r.buffers())
             items = value if self._flat else [value]
             yield from items
@@ -371,7 +365,7 @@ class AsyncResult(concurrent.futures.Future):
                 "stdout": self._out.get(t, ["", ""])[0],
                 "stderr": self._out.get(t, ["", ""])[1],
                 "execute_result": r.execute_result if r else None,
-                "error": self._error_of(r) if r and not r.ok else None,
+                "error": from_reply(r, self._method) if r and not r.ok else None,
             }
             mds.append(md)
         return mds[0] if self._single else mds

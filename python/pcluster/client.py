@@ -14,25 +14,30 @@ from .asyncresult import AsyncResult, _timeout_arg
 from .error import AuthenticationError, JobEndedError, NoJobError
 from .view import DirectView
 
+_request_id = _core.request_id
+
 
 def default_connection_file():
     """$PCLUSTER_CONNECTION_FILE, else ~/.pcluster/connection.json (where `pcluster` writes by default)."""
-    env = os.environ.get("PCLUSTER_CONNECTION_FILE")
+    env = _core.setting("PCLUSTER_CONNECTION_FILE")
     if env:
         return env
     return os.path.join(os.path.expanduser("~"), ".pcluster", "connection.json")
 
 
 def _read_connection_file(path, timeout):
+    """The connection file's checked contents (_core.connection_info), waiting up to timeout
+    seconds for it to appear."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with open(path) as f:
-                return json.load(f)
+            with open(path, "rb") as f:
+                text = f.read()
+            return _core.connection_info.from_json(text.decode("utf-8", "replace"))
         except FileNotFoundError:
             pass
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise NoJobError(f"{path} is not a pcluster connection file ({e})") from None
+        except _core.ConnectionFileError as e:
+            raise NoJobError(f"{path} is not a valid pcluster connection file: {e}") from None
         if time.monotonic() >= deadline:
             raise NoJobError(
                 f"no pcluster job found: {path} did not appear within {timeout:g} s. "
@@ -40,6 +45,42 @@ def _read_connection_file(path, timeout):
                 f"pcluster.Client('/path/to/connection.json')"
             )
         time.sleep(0.05)
+
+
+def _connect(info, path, timeout):
+    """A logged-in connection to the job: its address first, then the bridge's other addresses
+    (a wildcard listen gives several); errors say what was tried and how to fix it."""
+    addresses = [info.ip] + [a for a in info.addresses if a != info.ip]
+    deadline = time.monotonic() + timeout
+    failures = []
+    for ip in addresses:
+        left = max(0.5, deadline - time.monotonic())
+        try:
+            return _core.connection(ip, info.port, info.key, float(left))
+        except _core.AuthenticationError as e:
+            raise AuthenticationError(
+                f"{e}: the job at {ip}:{info.port} refused the key in {path}. The file is stale or belongs to "
+                f"another job; use the connection file the running job printed."
+            ) from None
+        except _core.ProtocolVersionError as e:
+            raise NoJobError(f"{e} (job at {ip}:{info.port}, from {path})") from None
+        except ValueError as e:
+            raise NoJobError(
+                f"the server at {ip}:{info.port} (from {path}) does not speak the pcluster protocol: {e}. "
+                f"The connection file is stale and the port now belongs to another program."
+            ) from None
+        except (ConnectionError, TimeoutError) as e:
+            failures.append(f"{ip}:{info.port} ({e})")
+    tried = "; ".join(failures)
+    if len(addresses) == 1 and info.ip.startswith("127.") and info.host:
+        hint = (f"The job listens on loopback on {info.host}: if that is another host, restart it with "
+                f"`pcluster --ip 0.0.0.0` (or the address of an interface this host reaches), or attach through "
+                f"ssh: pcluster.Client(path, sshserver='{info.host}').")
+    else:
+        hint = ("The job may have ended (start one with `mpirun -n 5 pcluster`), or this host cannot reach it: "
+                "start the job with `--ip` set to an address this host can reach, or attach through ssh "
+                "with pcluster.Client(path, sshserver='user@host').")
+    raise NoJobError(f"no pcluster job answers at {tried} (from {path}). {hint}")
 
 
 # Clients still open at interpreter exit are closed then: their reader threads stop and their
@@ -74,45 +115,27 @@ class Client:
     """
 
     def __init__(self, connection_file=None, timeout=10):
+        try:
+            _core.check_settings()
+        except ValueError as e:
+            raise ValueError(f"pcluster setting: {e}") from None
         if isinstance(connection_file, dict):
-            info, path = connection_file, "<connection dict>"
+            path = "<connection dict>"
+            try:
+                info = _core.connection_info.from_json(json.dumps(connection_file))
+            except _core.ConnectionFileError as e:
+                raise NoJobError(f"not a valid pcluster connection: {e}") from None
         else:
             path = os.path.abspath(os.path.expanduser(connection_file or default_connection_file()))
             info = _read_connection_file(path, timeout)
         self.connection_file = path
-        ip = info.get("ip", "127.0.0.1")
-        host = info.get("host", "localhost") if ip in ("0.0.0.0", "::") else ip
-        try:
-            port = int(info["port"])
-            key = info["key"]
-            bytes.fromhex(key)
-            if len(key) != 64:
-                raise ValueError("key must be 64 hex digits")
-        except (KeyError, TypeError, ValueError) as e:
-            raise NoJobError(f"{path} is not a valid pcluster connection file ({type(e).__name__}: {e})") from None
-        try:
-            self._conn = _core.connection(host, port, key, float(timeout))
-        except _core.AuthenticationError as e:
-            raise AuthenticationError(
-                f"{e}: the job at {host}:{port} refused the key in {path}. The file is stale or belongs to "
-                f"another job; use the connection file the running job printed."
-            ) from None
-        except _core.ProtocolVersionError as e:
-            raise NoJobError(f"{e} (job at {host}:{port}, from {path})") from None
-        except ValueError as e:
-            raise NoJobError(
-                f"the server at {host}:{port} (from {path}) does not speak the pcluster protocol: {e}. "
-                f"The connection file is stale and the port now belongs to another program."
-            ) from None
-        except (ConnectionError, TimeoutError) as e:
-            raise NoJobError(
-                f"no pcluster job answers at {host}:{port} (from {path}): {e}. The job may have ended; "
-                f"start one with `mpirun -n 5 pcluster`."
-            ) from None
+        self.connection_info = info
+        self._conn = _connect(info, path, timeout)
         _open_clients.add(self)
         global _newest
         _newest = weakref.ref(self)
         self._seq = itertools.count(1)
+        self._client_no = self._conn.client_no
         self._issued = 0  # the low 32 bits of the newest request id
         self._lock = threading.Lock()
         self._engines = {e.id: e for e in self._conn.engines}
@@ -173,7 +196,7 @@ class Client:
         wire (empty: all, or any for a task); ar_targets: whose replies the result waits for."""
         with self._lock:
             self._issued = next(self._seq)
-            msg_id = (self._conn.client_no << 32) | self._issued
+            msg_id = _request_id(self._client_no, self._issued)
         ar = AsyncResult(self, msg_id, ar_targets, method, **ar_args)
         self._pending[msg_id] = ar
         try:
@@ -208,20 +231,18 @@ class Client:
 
     def _control(self, action, ids=()):
         """A request the controller answers itself; its control_reply."""
-        msg = _core.control_request()
-        msg.action = action
-        msg.ids = list(ids)
-        return self._new_request(msg, [], [], [-2], "control", True, single=True).get(30)
+        msg = _core.control_request(action=action, ids=list(ids))
+        return self._new_request(msg, [], [], ["controller"], "control", True, single=True).get(30)
 
     def _abort(self, ids):
-        rep = self._control(0, ids)
+        rep = self._control(_core.control_action.abort, ids)
         return len(rep.aborted)
 
     def queue_status(self, targets=None, verbose=False):
         """Per engine, the load-balanced tasks it holds ('queued': waiting on it, 'running',
         'completed'; 'queue' = queued + running, as ipyparallel), and 'unassigned' (accepted,
         not yet sent to an engine; 'waiting' of those wait for dependencies)."""
-        rep = self._control(1)
+        rep = self._control(_core.control_action.queue_status)
         ids = self.ids if targets is None else self._resolve(targets)
         out = {}
         for q in rep.engines:

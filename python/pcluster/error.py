@@ -72,34 +72,49 @@ class TaskError(RemoteError):
     """A load-balanced task the controller failed without running it (see the subclasses)."""
 
 
-class TaskAborted(TaskError):
-    """The task was aborted (ar.abort(), the client left, or the job shut down) before it ran."""
-
-
-class TaskTimeout(TaskError):
-    """The task waited longer than its timeout= for its dependencies."""
-
-
 class DependencyError(TaskError):
     """A dependency failed (DependencyFailed), cannot be met (ImpossibleDependency), or is
     unknown (InvalidDependency)."""
 
 
-_CONTROLLER_ERRORS = {
-    "TaskAborted": TaskAborted,
-    "TaskTimeout": TaskTimeout,
-    "DependencyFailed": DependencyError,
-    "ImpossibleDependency": DependencyError,
-    "InvalidDependency": DependencyError,
-    "EngineDied": TaskError,
-    "InvalidTask": TaskError,
-}
+class EngineError(RemoteError):
+    """An engine failed as a process, not through the code it ran (ipyparallel's name)."""
 
 
-def controller_error(ename, evalue, method):
-    """The exception for an error the controller made up (refusal, task failure)."""
-    cls = _CONTROLLER_ERRORS.get(ename, RemoteError)
-    return cls(ename, evalue, "", {"engine_id": "controller", "method": method})
+# One exception class per error kind pcluster makes up itself, from the one table of error
+# kinds in C++ (protocol/errors.hpp, exported as _core.error_kinds: name, bases, when). User
+# exceptions raised on engines stay RemoteError, with ename their type's name.
+_KIND_CLASSES = {}
+
+
+def _make_kind_classes():
+    import builtins
+
+    from . import _core
+
+    for kind, name, bases, doc in _core.error_kinds:
+        base = tuple(globals().get(b) or getattr(builtins, b) for b in bases.split(","))
+        cls = type(name, base, {"__doc__": doc[0].upper() + doc[1:] + ".", "__module__": __name__})
+        globals()[name] = cls
+        _KIND_CLASSES[kind] = cls
+
+
+_make_kind_classes()
+
+
+def from_reply(r, method):
+    """The exception for an error reply, whoever made it (engine, controller, bridge, client):
+    the one place where a reply becomes what the user sees."""
+    from . import _core
+
+    if r.origin == _core.reply_origin.engine:
+        engine = r.engine
+    elif r.origin == _core.reply_origin.client:
+        engine = "client"
+    else:
+        engine = "controller" if r.engine < 0 else r.engine
+    cls = _KIND_CLASSES.get(r.kind, RemoteError)
+    return cls(r.ename, r.evalue, "".join(r.traceback), {"engine_id": engine, "method": method})
 
 
 class CompositeError(RemoteError):

@@ -17,13 +17,12 @@ import contextlib
 import itertools
 import math
 import numbers
-import threading
 
 from . import _core, serialize
-from .asyncresult import AsyncResult, _timeout_arg
-from .error import CompositeError
+from .asyncresult import AsyncResult
+from .mapresult import AsyncMapResult
 
-_APPLY, _MAP_CHUNK = 0, 1
+_CALL, _MAP_CHUNK = _core.task_kind.call, _core.task_kind.map_chunk
 _FLAGS = ("after", "follow", "retries", "timeout", "targets")
 
 
@@ -98,12 +97,12 @@ class LoadBalancedView:
             raise ValueError(f"retries must be a whole number >= 0, not {r!r}")
         t = self.timeout if timeout is None else timeout
         msg = _core.task_request(
-            kind,
-            self._checked_deps(self.after if after is None else after),
-            self._checked_deps(self.follow if follow is None else follow),
-            int(r),
-            0.0 if t is None or t < 0 else float(t),
-            return_exceptions,
+            kind=kind,
+            after=self._checked_deps(self.after if after is None else after),
+            follow=self._checked_deps(self.follow if follow is None else follow),
+            retries=int(r),
+            timeout=0.0 if t is None or t < 0 else float(t),
+            return_exceptions=return_exceptions,
         )
         return self.client._submit_task(msg, bufs, self.targets, method)
 
@@ -111,10 +110,11 @@ class LoadBalancedView:
         """Task ids of deps; an id that no task can have (client number 0, or one of ours not
         issued yet) is refused here. The controller checks the rest (DependencyError)."""
         ids = _task_ids(deps)
-        mine = self.client._conn.client_no
+        mine = self.client._client_no
         issued = self.client._issued
         for i in ids:
-            if i >> 32 == 0 or (i >> 32 == mine and (i & 0xFFFFFFFF) > issued):
+            client = _core.client_of(i)
+            if client == 0 or (client == mine and _core.seq_of(i) > issued):
                 raise ValueError(
                     f"unknown task id {i} in after=/follow=: pass AsyncResults (or their msg_id) of "
                     f"tasks already submitted"
@@ -127,8 +127,8 @@ class LoadBalancedView:
         it through functools.partial)."""
         if not callable(f):
             raise TypeError(f"apply needs a callable, not {type(f).__name__}")
-        bufs = serialize.checked_dumps_call(f, args, kwargs)
-        ar = self._task(_APPLY, bufs, "apply", after, follow, retries, timeout)
+        bufs = serialize.pack_call(f, args, kwargs)
+        ar = self._task(_CALL, bufs, "apply", after, follow, retries, timeout)
         return ar.get() if (self.block if block is None else block) else ar
 
     def apply_async(self, f, *args, **kwargs):
@@ -179,7 +179,7 @@ class LoadBalancedView:
         return self.map(f, *seqs, block=True, **kwargs)
 
     def _chunk(self, fbytes, items, single, return_exceptions, flags):
-        bufs = serialize.checked_dumps((fbytes, items, 1 if single else None), "the mapped items")
+        bufs = serialize.pack_chunk(fbytes, items, single)
         return self._task(
             _MAP_CHUNK,
             bufs,
@@ -239,126 +239,3 @@ def _imap(lv, fbytes, items, single, chunksize, ordered, max_outstanding, return
                 lv.client._abort(left)
             except Exception:  # the job may be gone; nothing then runs them anyway
                 pass
-
-
-class AsyncMapResult(AsyncResult):
-    """Result of a load-balanced map: one task per chunk. A Future of the whole list; iterating
-    yields values as chunks finish (in order, or as they come with ordered=False)."""
-
-    _progress_unit = "chunk"  # one _targets slot per chunk: progress counts finished chunks
-
-    def __init__(self, client, children, ordered=True, return_exceptions=False):
-        concurrent.futures.Future.__init__(self)
-        self._client = client
-        self._children = list(children)
-        self._ordered = ordered
-        self._return_exceptions = return_exceptions
-        self._method = "map"
-        self._single = False
-        self._flat = True
-        self._post = None
-        self._targets = [None] * len(self._children)
-        self.msg_id = self._children[0].msg_id if self._children else None
-        self._left = len(self._children)
-        self._lock = threading.Lock()
-        if not self._children:
-            self.set_result([])
-        for c in self._children:
-            c.add_done_callback(self._child_done)
-
-    def __repr__(self):
-        return f"<AsyncMapResult: {self.progress}/{len(self._children)} chunks done>"
-
-    @property
-    def msg_ids(self):
-        return [c.msg_id for c in self._children]
-
-    def _child_done(self, _):
-        with self._lock:
-            self._left -= 1
-            last = self._left == 0
-        if not last:
-            return
-        errors = [c.exception(0) for c in self._children if c.exception(0) is not None]
-        try:
-            if errors:
-                if len(errors) == 1:
-                    self.set_exception(errors[0])
-                else:
-                    flat = []
-                    for e in errors:
-                        flat.extend(e.elist if isinstance(e, CompositeError) else [e])
-                    self.set_exception(CompositeError(f"{len(errors)} of {len(self._children)} map chunks failed", flat))
-            else:
-                out = []
-                for c in self._children:
-                    out.extend(c.result(0))
-                self.set_result(out)
-        except concurrent.futures.InvalidStateError:
-            pass
-
-    def _collect(self, timeout):
-        import time
-
-        if self.done():
-            return True
-        t = _timeout_arg(timeout)
-        deadline = None if t is None else time.monotonic() + t
-        for c in self._children:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not c._collect(left):
-                return False
-        # Children are done; the last one's callback (on the result thread) settles us.
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        concurrent.futures.wait([self], timeout=left)
-        return self.done()
-
-    @property
-    def engine_id(self):
-        """Per chunk, the engine it ran on (None while it has not)."""
-        return [c.engine_id for c in self._children]
-
-    def _blocking_wait(self, timeout):
-        return AsyncResult._blocking_wait(self, timeout)
-
-    @property
-    def progress(self):
-        return sum(c.done() for c in self._children)
-
-    def __iter__(self):
-        if self._ordered:
-            for c in self._children:
-                yield from c.get()
-        else:
-            for c in concurrent.futures.as_completed(self._children):
-                yield from c.get()
-
-    def __len__(self):
-        return len(self._children)
-
-    def abort(self):
-        """Drops the chunks not yet sent to an engine (they fail with TaskAborted); returns the
-        number aborted. Chunks already running finish."""
-        pending = [c for c in self._children if not c.done()]
-        return self._client._abort([c.msg_id for c in pending]) if pending else 0
-
-    def _per_engine(self, k):
-        return [c._per_engine(k) for c in self._children]
-
-    @property
-    def metadata(self):
-        return [c.metadata for c in self._children]
-
-    @property
-    def elapsed(self):
-        import time
-
-        if not self._children:
-            return 0.0
-        start = min(c._submitted for c in self._children)
-        if self.done():
-            return max((c._received or time.time()) for c in self._children) - start
-        return time.time() - start
-
-    def get_dict(self, timeout=-1):
-        raise ValueError("a map result is not one value per engine")

@@ -87,15 +87,6 @@ def dumps_function(f):
     return data
 
 
-def checked_dumps_call(f, args, kwargs):
-    """Buffers of an apply: (pickled f, args, kwargs), f from the function cache. TypeError
-    naming what cannot be pickled, before anything is sent."""
-    fbytes = checked_dumps_function(f)
-    if not args and not kwargs:
-        return [pickle.dumps((fbytes, (), None), protocol=PROTOCOL)]
-    return checked_dumps((fbytes, args, kwargs), f"the arguments of {getattr(f, '__name__', 'the function')}")
-
-
 def checked_dumps_function(f):
     """dumps_function, with a failure turned into a TypeError naming the function."""
     try:
@@ -103,3 +94,36 @@ def checked_dumps_function(f):
     except Exception as e:
         what = getattr(f, "__name__", "the function")
         raise TypeError(f"cannot send {what} to the engines: it cannot be pickled ({type(e).__name__}: {e})") from e
+
+
+# --- payloads: each packed and unpacked by one pair of functions ---
+# A call (apply, a load-balanced task, map's function): (cloudpickled f, args, kwargs or None).
+
+
+def pack_call(f, args=(), kwargs=None):
+    """Buffers of a call f(*args, **kwargs), f from the function cache. TypeError naming what
+    cannot be pickled, before anything is sent."""
+    fbytes = checked_dumps_function(f)
+    if not args and not kwargs:
+        return [pickle.dumps((fbytes, (), None), protocol=PROTOCOL)]
+    return checked_dumps((fbytes, args, kwargs or None), f"the arguments of {getattr(f, '__name__', 'the function')}")
+
+
+def unpack_call(bufs):
+    """(function bytes, args, kwargs) of a packed call; kwargs is {} when there were none."""
+    fbytes, args, kwargs = loads(bufs)
+    return fbytes, args, kwargs or {}
+
+
+# A chunk of a load-balanced map: (function bytes, items, single). single: items is a slice of
+# one sequence (a range stays a range, an array slice goes without copies) and the engine calls
+# f(x); otherwise items are argument tuples, f(*t).
+
+
+def pack_chunk(fbytes, items, single):
+    return checked_dumps((fbytes, items, bool(single)), "the mapped items")
+
+
+def unpack_chunk(bufs):
+    """(function bytes, items, single) of a packed map chunk."""
+    return loads(bufs)

@@ -108,12 +108,11 @@ class DirectView:
 
     def pull(self, names, targets=None, block=None):
         """Values of names (a str, or a list of str) from each engine."""
-        single = isinstance(names, str)
-        msg = _core.pull_request()
-        msg.names = [names] if single else list(names)
-        if not all(isinstance(n, str) for n in msg.names):
+        scalar = isinstance(names, str)
+        names = [names] if scalar else list(names)
+        if not all(isinstance(n, str) for n in names):
             raise TypeError("pull takes a name or a list of names (str)")
-        msg.single = single
+        msg = _core.pull_request(names=names, scalar=scalar)
         return self._run(msg, [], "pull", targets, block)
 
     def get(self, key):
@@ -133,9 +132,7 @@ class DirectView:
         for it when blocking (errors are raised then)."""
         if not isinstance(code, str):
             raise TypeError(f"execute takes code as a str, not {type(code).__name__}")
-        msg = _core.execute_request()
-        msg.code = code
-        msg.silent = bool(silent)
+        msg = _core.execute_request(code=code, silent=bool(silent))
         return self._run(msg, [], "execute", targets, block, keep_ar=True)
 
     def apply(self, f, *args, **kwargs):
@@ -151,7 +148,7 @@ class DirectView:
     def _apply(self, f, args, kwargs, block):
         if not callable(f):
             raise TypeError(f"apply needs a callable, not {type(f).__name__}")
-        bufs = serialize.checked_dumps_call(f, args, kwargs)
+        bufs = serialize.pack_call(f, args, kwargs)
         return self._run(_core.apply_request(), bufs, "apply", None, block)
 
     def map(self, f, *seqs, block=None):
@@ -160,7 +157,7 @@ class DirectView:
         if not seqs:
             raise TypeError("map needs at least one sequence")
         ids, _ = self._resolve_targets(None)
-        fbufs = serialize.checked_dumps_call(f, (), {})
+        fbufs = serialize.pack_call(f)
         split = [_partition(s, len(ids)) for s in seqs]
         parts = [serialize.checked_dumps(list(zip(*chunks)), "the mapped sequence") for chunks in zip(*split)]
         return self._run(_core.map_request(), fbufs, "map", None, block, parts=parts, post=_flatten_lists, flat=True)
@@ -179,9 +176,7 @@ class DirectView:
             raise ValueError("only dist='b' (contiguous blocks) is supported")
         ids, _ = self._resolve_targets(targets)
         parts = [serialize.checked_dumps(p, f"part of {key!r}") for p in _partition(seq, len(ids))]
-        msg = _core.scatter_request()
-        msg.key = key
-        msg.flatten = flatten
+        msg = _core.scatter_request(key=key, flatten=flatten)
         r = self._run(msg, [], "scatter", ids, block, parts=parts, post=lambda _: None)
         return r
 
@@ -191,6 +186,5 @@ class DirectView:
         if dist != "b":
             raise ValueError("only dist='b' (contiguous blocks) is supported")
         ids, _ = self._resolve_targets(targets)
-        msg = _core.gather_request()
-        msg.key = key
+        msg = _core.gather_request(key=key)
         return self._run(msg, [], "gather", ids, block, post=_concat)

@@ -15,6 +15,7 @@
 
 #include "pcluster/protocol/auth.hpp"
 #include "pcluster/protocol/codec.hpp"
+#include "pcluster/protocol/config.hpp"
 #include "pcluster/protocol/shm.hpp"
 
 namespace pcluster::client {
@@ -64,6 +65,7 @@ int connect_to(const std::string& host, int port, proto::clock::time_point deadl
 }  // namespace
 
 connection::connection(const std::string& host, int port, const std::string& key_hex, double timeout_s) {
+    linger_ = std::chrono::microseconds(config::integer(config::knob::send_linger_us));
     const auto deadline = proto::clock::now() + std::chrono::milliseconds(static_cast<long long>(timeout_s * 1000));
     const proto::digest key = proto::from_hex(key_hex);
     fd_ = connect_to(host, port, deadline);
@@ -73,7 +75,7 @@ connection::connection(const std::string& host, int port, const std::string& key
         proto::auth_request req;
         req.mac = proto::auth_mac(key, proto::client_label, ch.nonce);
         req.client_nonce = proto::random_bytes32();
-        shm_owner_ = proto::client_shm_owner();
+        pool_ = std::make_unique<proto::shm_pool>(proto::client_shm_owner(), proto::shm_pool::limits{4, std::uint64_t{4} << 30});
         // Offer a probe file: if the bridge can read it, large frames may go by /dev/shm.
         std::optional<proto::shm_out> probe;
         struct unlink_probe {
@@ -83,7 +85,7 @@ connection::connection(const std::string& host, int port, const std::string& key
             }
         } guard{probe};
         try {
-            probe = proto::create_shm(shm_owner_, 32);
+            probe = proto::create_shm(pool_->owner(), 32);
             req.shm_token = proto::random_bytes32();
             std::memcpy(probe->map->data(), req.shm_token.data(), 32);
             probe->map.reset();
@@ -117,17 +119,11 @@ constexpr std::uint64_t queue_copy_limit = 64 << 10;
 }  // namespace
 
 void connection::send(std::uint64_t id, std::size_t replies, const proto::outgoing_frame& f, bool direct) {
-    {
-        // Registered before a byte leaves, so a reply can never find its request unknown.
-        std::lock_guard lk(mu_);
-        if (closed_) throw std::system_error(ENOTCONN, std::generic_category(), reason_);
-        requests_[id].expected = replies;
-    }
+    table_.add(id, replies);  // registered before a byte leaves: a reply never finds it unknown
     try {
         send_registered(id, replies, f, direct);
     } catch (...) {
-        std::lock_guard lk(mu_);  // never sent: no reply will come for it
-        requests_.erase(id);
+        table_.remove(id);  // never sent: no reply will come for it
         throw;
     }
 }
@@ -137,9 +133,9 @@ void connection::send_registered(std::uint64_t id, std::size_t replies, const pr
     std::optional<proto::outgoing_frame> by_shm;
     if (local_ && size >= proto::shm_threshold) {
         // One copy into shared memory, outside the send lock, instead of two socket hops.
-        std::optional<segment> seg;
+        std::optional<proto::shm_out> seg;
         try {
-            seg = get_segment(size);
+            seg = pool_->get(size);
         } catch (const std::exception&) {
             // /dev/shm full or missing: the socket path still works.
         }
@@ -151,11 +147,9 @@ void connection::send_registered(std::uint64_t id, std::size_t replies, const pr
                 std::memcpy(p, b.data(), b.size());
                 p += b.size();
             }
-            {
-                std::lock_guard lk(pool_mu_);
-                busy_segments_[id] = busy{*seg, replies};
-            }
             by_shm = proto::encode(proto::shm_frame{id, seg->path, size, true});
+            std::lock_guard lk(busy_mu_);
+            busy_[id] = busy{std::move(*seg), replies};
         }
     }
     const proto::outgoing_frame& frame = by_shm ? *by_shm : f;
@@ -211,10 +205,7 @@ std::string connection::write_queue(std::unique_lock<std::mutex>& lk, std::optio
 // batch is already large or someone waits on a result (kick_writer), so a burst costs a few
 // system calls and wake-ups instead of two per request.
 void connection::write_loop() {
-    static const auto linger = [] {
-        const char* v = std::getenv("PCLUSTER_SEND_LINGER_US");
-        return std::chrono::microseconds(v ? std::atol(v) : 500);
-    }();
+    const auto linger = linger_;
     constexpr std::size_t batch_frames = 128;
     std::unique_lock lk(send_mu_);
     for (;;) {
@@ -249,260 +240,103 @@ void connection::read_loop() {
     std::string why;
     try {
         proto::frame_reader reader;
-        for (;;) {
-            proto::received_frame f;
-            auto st = reader.read(fd_, &f);
-            if (st == proto::frame_reader::status::again) continue;  // blocking fd: read again
-            if (st == proto::frame_reader::status::closed) {
+        bool ended = false;
+        while (!ended) {
+            const auto end = proto::drain_frames(reader, fd_, 1 << 30, [&](proto::received_frame f) {
+                const auto v = f.view();
+                if (proto::is(v, proto::message_type::job_ended)) {
+                    why = "the job ended: " + proto::decode<proto::job_ended>(v).reason;
+                    ended = true;
+                    return false;
+                }
+                file(std::move(f));
+                return true;
+            });
+            if (end == proto::drain_end::closed) {
                 why = "connection to the job lost: the job closed it";
-                break;
+                ended = true;
             }
-            auto v = f.view();
-            if (proto::is(v, proto::message_type::job_ended)) {
-                why = "the job ended: " + proto::decode<proto::job_ended>(v).reason;
-                break;
-            }
-            if (proto::is(v, proto::message_type::output)) {
-                file_output(proto::decode<proto::output>(v));
-                continue;
-            }
-            if (proto::is(v, proto::message_type::control_reply)) {
-                auto r = std::make_shared<reply>();
-                r->control = proto::decode<proto::control_reply>(v);
-                r->meta.id = r->control->id;
-                r->meta.engine = controller_engine;
-                file_reply(std::move(r));
-                continue;
-            }
-            if (proto::is(v, proto::message_type::shm_frame)) {
-                auto ref = proto::decode<proto::shm_frame>(v);
-                try {
-                    f.bytes = proto::take_shm(ref);
-                } catch (const std::exception& e) {
-                    // That reply is lost to us; the request fails, the connection lives on.
-                    proto::engine_reply err;
-                    err.id = ref.id;
-                    // Counts as one target's reply, not a refusal: the other targets may still be
-                    // served from this request's segment, which must not be reused before them.
-                    err.engine = local_failure_engine;
-                    err.status = proto::reply_status::error;
-                    err.ename = "SharedMemoryError";
-                    err.evalue = std::string("cannot map the reply in shared memory: ") + e.what();
-                    file_reply(std::make_shared<reply>(reply{err, proto::received_frame{}}));
-                    continue;
-                }
-                if (ref.keep) {
-                    // The job lends this segment: give it back once nothing here uses it.
-                    std::weak_ptr<returns> q = returns_;
-                    f.bytes->on_release([q, path = ref.path] {
-                        if (auto r = q.lock()) {
-                            std::lock_guard lk(r->mu);
-                            r->paths.push_back(path);
-                        }
-                    });
-                }
-                v = f.view();
-            }
-            file_reply(std::make_shared<reply>(reply{proto::decode<proto::engine_reply>(v), std::move(f)}));
         }
     } catch (const std::exception& e) {
         why = std::string("connection to the job lost: ") + e.what();
     }
-    {
-        std::lock_guard lk(mu_);
-        if (!closed_) {
-            closed_ = true;
-            reason_ = why;
+    table_.close(why);
+}
+
+void connection::file(proto::received_frame f) {
+    auto v = f.view();
+    if (proto::is(v, proto::message_type::output)) {
+        table_.file_output(proto::decode<proto::output>(v));
+        return;
+    }
+    auto r = std::make_shared<reply>();
+    if (proto::is(v, proto::message_type::control_reply)) {
+        r->control = proto::decode<proto::control_reply>(v);
+        r->meta.id = r->control->id;
+        r->meta.origin = proto::reply_origin::controller;
+        table_.file_reply(std::move(r));
+        return;
+    }
+    if (proto::is(v, proto::message_type::shm_frame)) {
+        const auto ref = proto::decode<proto::shm_frame>(v);
+        try {
+            f.bytes = proto::take_shm(ref);
+        } catch (const std::exception& e) {
+            // That reply is lost to us; the request fails, the connection lives on. It counts as
+            // one target's reply, not a refusal: the other targets may still be served from this
+            // request's segment, which must not be reused before them.
+            r->meta = proto::error_reply(ref.id, proto::reply_origin::client, proto::no_engine, proto::error_kind::reply_lost,
+                                         std::string("cannot map the reply in shared memory: ") + e.what());
+            release_one(ref.id, false);
+            table_.file_reply(std::move(r));
+            return;
         }
-    }
-    cv_.notify_all();
-    done_cv_.notify_all();
-}
-
-bool connection::complete(const request& r) { return r.refused || r.replies.size() >= r.expected; }
-
-void connection::on_complete_locked(std::uint64_t id, request& r) {
-    if (r.takers > 0) {
-        cv_.notify_all();
-    } else {
-        completed_.push_back(id);
-        done_cv_.notify_one();
-    }
-}
-
-void connection::file_reply(reply_ptr r) {
-    const std::uint64_t id = r->meta.id;
-    const bool refused = r->meta.engine == -1;
-    {
-        // Every target has replied (or the request was refused): no engine reads the request's
-        // segment any more, so it may carry the next one.
-        std::lock_guard lk(pool_mu_);
-        if (auto it = busy_segments_.find(id); it != busy_segments_.end() && (refused || --it->second.remaining == 0)) {
-            free_segments_.push_back(std::move(it->second.seg));
-            busy_segments_.erase(it);
-            trim_pool_locked();
+        if (ref.keep) {
+            // The job lends this segment: give it back once nothing here uses it.
+            std::weak_ptr<returns> q = returns_;
+            f.bytes->on_release([q, path = ref.path] {
+                if (auto rs = q.lock()) {
+                    std::lock_guard lk(rs->mu);
+                    rs->paths.push_back(path);
+                }
+            });
         }
+        v = f.view();
     }
-    std::lock_guard lk(mu_);
-    if (closed_) return;  // close() froze the state: abandon() fails what is incomplete
-    auto it = requests_.find(id);
-    if (it == requests_.end()) return;  // not ours, or its outcome was already taken
-    auto& req = it->second;
-    const bool was_complete = complete(req);
-    if (refused) req.refused = true;
-    req.replies.push_back(std::move(r));
-    if (!was_complete && complete(req)) on_complete_locked(id, req);
-    if (req.counters) cv_.notify_all();
+    r->meta = proto::decode<proto::engine_reply>(v);
+    r->frame = std::move(f);
+    release_one(r->meta.id, r->meta.origin == proto::reply_origin::refused);
+    table_.file_reply(std::move(r));
 }
 
-void connection::file_output(proto::output o) {
-    std::lock_guard lk(mu_);
-    if (closed_) return;
-    if (auto it = requests_.find(o.id); it != requests_.end()) it->second.output.push_back(std::move(o));
+void connection::release_one(std::uint64_t id, bool all) {
+    // Every target has replied (or the request was refused): no engine reads the request's
+    // segment any more, so it may carry the next one.
+    std::lock_guard lk(busy_mu_);
+    auto it = busy_.find(id);
+    if (it == busy_.end() || (!all && --it->second.remaining > 0)) return;
+    pool_->put(std::move(it->second.seg));
+    busy_.erase(it);
 }
 
-std::optional<outcome> connection::wait_take(std::uint64_t id, proto::clock::time_point deadline) {
+std::optional<completion> connection::wait_take(std::uint64_t id, proto::clock::time_point deadline) {
     kick_writer();
-    std::unique_lock lk(mu_);
-    auto it = requests_.find(id);
-    if (it == requests_.end()) return std::nullopt;
-    if (!complete(it->second)) {
-        ++it->second.takers;
-        cv_.wait_until(lk, deadline, [&] {
-            auto i = requests_.find(id);
-            return i == requests_.end() || complete(i->second) || closed_;
-        });
-        it = requests_.find(id);
-        if (it == requests_.end()) return std::nullopt;
-        --it->second.takers;
-        if (!complete(it->second)) return std::nullopt;
-    }
-    outcome out{std::move(it->second.replies), std::move(it->second.output)};
-    requests_.erase(it);
-    return out;
-}
-
-std::optional<outcome> connection::take(std::uint64_t id) {
-    std::lock_guard lk(mu_);
-    auto it = requests_.find(id);
-    if (it == requests_.end() || !complete(it->second)) return std::nullopt;
-    outcome out{std::move(it->second.replies), std::move(it->second.output)};
-    requests_.erase(it);
-    return out;
-}
-
-bool connection::pending(std::uint64_t id) {
-    std::lock_guard lk(mu_);
-    return requests_.count(id) != 0;
-}
-
-std::vector<std::uint64_t> connection::next_completed(proto::clock::time_point deadline) {
-    std::unique_lock lk(mu_);
-    done_cv_.wait_until(lk, deadline, [&] { return !completed_.empty() || closed_; });
-    std::vector<std::uint64_t> out(completed_.begin(), completed_.end());
-    completed_.clear();
-    return out;
+    return table_.wait_take(id, deadline);
 }
 
 std::vector<reply_ptr> connection::wait_count(std::uint64_t id, std::size_t n, proto::clock::time_point deadline) {
     kick_writer();
-    std::unique_lock lk(mu_);
-    auto it = requests_.find(id);
-    if (it == requests_.end()) return {};
-    ++it->second.counters;
-    cv_.wait_until(lk, deadline, [&] {
-        auto i = requests_.find(id);
-        return i == requests_.end() || i->second.replies.size() >= n || complete(i->second) || closed_;
-    });
-    it = requests_.find(id);
-    if (it == requests_.end()) return {};
-    --it->second.counters;
-    return it->second.replies;
+    return table_.wait_count(id, n, deadline);
 }
 
-std::vector<output_chunk> connection::take_output(std::uint64_t id) {
-    std::lock_guard lk(mu_);
-    auto it = requests_.find(id);
-    if (it == requests_.end()) return {};
-    std::vector<output_chunk> out;
-    out.swap(it->second.output);
-    return out;
-}
-
-std::vector<std::uint64_t> connection::abandon(std::optional<std::uint64_t> id) {
-    std::lock_guard lk(mu_);
-    std::vector<std::uint64_t> out;
-    if (!closed_) return out;
-    for (auto it = requests_.begin(); it != requests_.end();) {
-        if ((!id || it->first == *id) && !complete(it->second)) {
-            out.push_back(it->first);
-            it = requests_.erase(it);
-        } else {
-            ++it;
-        }
-    }
-    cv_.notify_all();
-    return out;
-}
-
-connection::segment connection::get_segment(std::uint64_t size) {
-    {
-        std::lock_guard lk(pool_mu_);
-        // Smallest free segment that fits.
-        auto best = free_segments_.end();
-        for (auto it = free_segments_.begin(); it != free_segments_.end(); ++it)
-            if (it->map->size() >= size && (best == free_segments_.end() || it->map->size() < best->map->size())) best = it;
-        if (best != free_segments_.end()) {
-            segment s = std::move(*best);
-            free_segments_.erase(best);
-            return s;
-        }
-    }
-    auto out = proto::create_shm(shm_owner_, size);
-    return segment{out.path, std::move(out.map)};
-}
-
-void connection::release(std::uint64_t id) {
-    std::lock_guard lk(pool_mu_);
-    auto it = busy_segments_.find(id);
-    if (it == busy_segments_.end()) return;
-    free_segments_.push_back(std::move(it->second.seg));
-    busy_segments_.erase(it);
-    trim_pool_locked();
-}
-
-void connection::trim_pool_locked() {
-    // Bound what the pool holds: at most 4 segments; the largest go first.
-    while (free_segments_.size() > 4) {
-        auto big = std::max_element(free_segments_.begin(), free_segments_.end(),
-                                    [](auto& a, auto& b) { return a.map->size() < b.map->size(); });
-        ::unlink(big->path.c_str());
-        free_segments_.erase(big);
-    }
-}
-
-bool connection::closed() {
-    std::lock_guard lk(mu_);
-    return closed_;
-}
-
-std::string connection::close_reason() {
-    std::lock_guard lk(mu_);
-    return reason_;
-}
+void connection::release(std::uint64_t id) { release_one(id, true); }
 
 void connection::close() {
     // Once, whichever thread comes first (a user thread and atexit may both call it); the others
     // wait until it is done.
     std::lock_guard once(close_mu_);
     if (close_done_) return;
-    {
-        std::lock_guard lk(mu_);
-        if (!closed_) {
-            closed_ = true;
-            reason_ = "the client closed the connection";
-        }
-    }
+    table_.close("the client closed the connection");
     {
         // Frames already queued still go out (a non-blocking call returned; its request must
         // not vanish), then the writer stops.
@@ -520,13 +354,13 @@ void connection::close() {
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
     {
-        std::lock_guard lk(pool_mu_);
-        free_segments_.clear();
-        busy_segments_.clear();
+        std::lock_guard lk(busy_mu_);
+        busy_.clear();
     }
-    if (!shm_owner_.empty()) proto::remove_shm_leftovers(shm_owner_);
-    cv_.notify_all();
-    done_cv_.notify_all();
+    if (pool_) {
+        pool_->clear();
+        proto::remove_shm_leftovers(pool_->owner());
+    }
     close_done_ = true;
 }
 

@@ -1,18 +1,25 @@
-// pcluster._core: the protocol's one definition (protocol/messages.hpp) made available to
-// Python, plus the client connection. Both the client and the engines' kernel use it, so no
-// Python code ever writes or parses the wire format by hand.
+// pcluster._core: the protocol's one definition made available to Python - every message
+// struct with its fields (from PCLUSTER_MESSAGES and each struct's PCLUSTER_FIELDS), the enums,
+// the error kinds, the settings, the connection file - plus the client connection. Both the
+// client and the engines' kernel use it, so no Python code writes or parses the wire format.
 #include <pybind11/chrono.h>
+#include <pybind11/operators.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 
 #include "connection.hpp"
 #include "pcluster/protocol/codec.hpp"
+#include "pcluster/protocol/config.hpp"
+#include "pcluster/protocol/connection_file.hpp"
+#include "pcluster/protocol/layout.hpp"
 
 namespace py = pybind11;
 namespace proto = pcluster::protocol;
+using pcluster::client::completion;
 using pcluster::client::connection;
 using pcluster::client::reply;
 
@@ -32,7 +39,7 @@ py::list views_of(py::object owner, const std::vector<std::pair<std::uint64_t, s
     return out;
 }
 
-// Memory of a Python buffer, for the duration of `infos`.
+// Memory of Python buffers, for the duration of `infos`.
 std::vector<std::span<const char>> spans_of(py::list bufs, std::vector<py::buffer_info>& infos) {
     std::vector<std::span<const char>> spans;
     for (auto b : bufs) {
@@ -50,8 +57,8 @@ std::vector<std::span<const char>> spans_of(py::list bufs, std::vector<py::buffe
     return spans;
 }
 
-// Engine output as str; bytes that are not UTF-8 (a chunk cut by an old engine, C code writing
-// bytes) become U+FFFD instead of an exception that would lose the result.
+// Engine output as str; bytes that are not UTF-8 (C code writing bytes) become U+FFFD instead of
+// an exception that would lose the result.
 py::object text_of(const std::string& b) {
     PyObject* o = PyUnicode_DecodeUTF8(b.data(), static_cast<Py_ssize_t>(b.size()), "replace");
     if (!o) throw py::error_already_set();
@@ -64,10 +71,40 @@ py::list output_list(const std::vector<pcluster::client::output_chunk>& chunks) 
     return out;
 }
 
-// Sends `msg` as request `id` to `targets` (empty: all engines, or any for a task) with the
-// route flags `flags` added; a request without parts that names no shared_bufs shares all its
-// buffers. The route is filled
-// in here, on the copy that is sent: one call from Python instead of an attribute set each.
+// A struct with its fields as attributes, a keyword constructor and ==; from its field list.
+template <class T, class... Extra>
+py::class_<T, Extra...> bind_struct(py::module_& m, const char* name) {
+    py::class_<T, Extra...> cls(m, name);
+    const std::string type_name = name;
+    cls.def(py::init([type_name](py::kwargs kw) {
+        T t;
+        for (auto item : kw) {
+            const auto key = item.first.cast<std::string>();
+            bool found = false;
+            proto::for_each_field<T>([&](auto fd) {
+                if (!found && key == fd.name) {
+                    t.*(fd.member) = item.second.template cast<typename decltype(fd)::type>();
+                    found = true;
+                }
+            });
+            if (!found) throw py::type_error(type_name + " has no field '" + key + "'");
+        }
+        return t;
+    }));
+    proto::for_each_field<T>([&](auto fd) { cls.def_readwrite(fd.name, fd.member); });
+    cls.def(py::self == py::self);
+    cls.def_property_readonly_static("fields", [](py::object) {
+        py::list names;
+        proto::for_each_field<T>([&](auto fd) { names.append(fd.name); });
+        return names;
+    });
+    return cls;
+}
+
+// Sends `msg` as request `id` to `targets` (empty: all engines, or any for a task) with the route
+// flags `flags` added; a request without parts that names no shared_bufs shares all its buffers.
+// The route is filled in here, on the copy that is sent: one call from Python instead of an
+// attribute set each.
 template <class T>
 void send_as(connection& c, const T& msg_in, py::list bufs, bool direct, std::uint64_t id,
              std::vector<std::int32_t> targets, std::uint32_t flags) {
@@ -82,8 +119,7 @@ void send_as(connection& c, const T& msg_in, py::list bufs, bool direct, std::ui
     auto frame = proto::encode(msg, std::move(spans));
     // A task gets one reply (from whichever engine runs it), a control request one from the
     // controller; other requests one per target.
-    constexpr bool one_reply =
-        std::is_same_v<T, proto::task_request> || std::is_same_v<T, proto::control_request>;
+    constexpr bool one_reply = std::is_same_v<T, proto::task_request> || std::is_same_v<T, proto::control_request>;
     const std::size_t replies = one_reply ? 1 : msg.r.targets.empty() ? c.engines().size() : msg.r.targets.size();
     if (!direct && frame.size() <= 4096) {
         // Queued (copied) for the writer thread: no system call, so no reason to drop the GIL.
@@ -99,27 +135,22 @@ proto::clock::time_point deadline_of(std::optional<double> timeout) {
     return proto::clock::now() + std::chrono::microseconds(static_cast<long long>(std::max(0.0, *timeout) * 1e6));
 }
 
-py::object outcome_to_python(std::optional<pcluster::client::outcome> o) {
+py::object completion_to_python(std::optional<completion> o) {
     if (!o) return py::none();
     std::vector<std::shared_ptr<reply>> replies;
     for (auto& r : o->replies) replies.push_back(std::const_pointer_cast<reply>(r));
     return py::make_tuple(py::cast(std::move(replies)), output_list(o->output));
 }
 
-template <class T, class Cls>
-void add_request(Cls& cls) {
-    cls.def(py::init<>()).def_readwrite("r", &T::r);
-}
-
-// Decodes a request frame on an engine. `frame` holds the request up to (or including) its parts;
-// `part` this engine's part when it came separately (collective scatter). Returns
+// Decodes a request frame on an engine. `frame` holds the request up to (or including) its
+// parts; `part` this engine's part when it came separately (collective scatter). Returns
 // (message, shared buffer views, part buffer views).
 py::tuple decode_request(py::object frame, py::object part, int engine_id) {
     auto info = py::reinterpret_borrow<py::buffer>(frame).request();
     proto::frame_view v(static_cast<const char*>(info.ptr), static_cast<std::size_t>(info.size));
     py::object msg;
     proto::route r;
-    bool ok = proto::visit_request_type(v.type(), [&](auto tag) {
+    const bool ok = proto::visit_request_type(v.type(), [&](auto tag) {
         auto m = proto::decode<decltype(tag)>(v);
         r = m.r;
         msg = py::cast(std::move(m));
@@ -132,26 +163,19 @@ py::tuple decode_request(py::object frame, py::object part, int engine_id) {
     }
     py::object part_owner = frame;
     if (!r.part_bufs.empty()) {
-        std::size_t k = static_cast<std::size_t>(engine_id);
-        if (!r.targets.empty()) {
-            auto it = std::find(r.targets.begin(), r.targets.end(), engine_id);
-            if (it == r.targets.end()) throw py::value_error("request does not target this engine");
-            k = static_cast<std::size_t>(it - r.targets.begin());
-        }
-        std::uint32_t first = r.shared_bufs;
-        for (std::size_t j = 0; j < k; ++j) first += r.part_bufs[j];
-        const std::uint32_t cnt = r.part_bufs.at(k);
+        const auto [first, count] = proto::part_buffers(r, proto::target_index(r, engine_id));
         if (!part.is_none()) {
+            // The part came on its own: its buffers are back to back in it.
             part_owner = part;
             std::uint64_t off = 0;
-            for (std::uint32_t j = 0; j < cnt; ++j) {
+            for (std::uint32_t j = 0; j < count; ++j) {
                 parts.emplace_back(off, v.buf_len(first + j));
                 off += v.buf_len(first + j);
             }
-            auto pinfo = py::reinterpret_borrow<py::buffer>(part).request();
-            if (static_cast<std::uint64_t>(pinfo.size) != off) throw py::value_error("part has the wrong length");
+            if (static_cast<std::uint64_t>(py::reinterpret_borrow<py::buffer>(part).request().size) != off)
+                throw py::value_error("part has the wrong length");
         } else {
-            for (std::uint32_t j = 0; j < cnt; ++j) {
+            for (std::uint32_t j = 0; j < count; ++j) {
                 if (!v.has_buf(first + j)) throw py::value_error("request frame is missing this engine's part");
                 parts.emplace_back(v.buf_offset(first + j), v.buf_len(first + j));
             }
@@ -168,15 +192,30 @@ py::bytes encode_reply(const proto::engine_reply& rep, py::list bufs) {
     return py::bytes(head.data(), head.size());
 }
 
+py::object knob_value(const std::string& name) {
+    for (const auto& k : pcluster::config::knobs) {
+        if (k.variable != name) continue;
+        switch (k.type) {
+        case pcluster::config::knob_type::integer: return py::int_(pcluster::config::integer(k.id));
+        case pcluster::config::knob_type::number: return py::float_(pcluster::config::number(k.id));
+        case pcluster::config::knob_type::flag: return py::bool_(pcluster::config::flag(k.id));
+        case pcluster::config::knob_type::text: return py::str(pcluster::config::text(k.id));
+        }
+    }
+    throw py::key_error("no setting " + name);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "pcluster wire protocol and client connection (C++)";
     m.attr("protocol_version") = proto::protocol_version;
     m.attr("capture_output") = static_cast<std::uint32_t>(proto::capture_output);
+    m.attr("no_engine") = proto::no_engine;
 
     static py::exception<pcluster::client::auth_error> auth_exc(m, "AuthenticationError", PyExc_PermissionError);
     static py::exception<proto::version_error> version_exc(m, "ProtocolVersionError", PyExc_RuntimeError);
+    static py::exception<proto::connection_file_error> file_exc(m, "ConnectionFileError", PyExc_ValueError);
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
@@ -184,6 +223,10 @@ PYBIND11_MODULE(_core, m) {
             auth_exc(e.what());
         } catch (const proto::version_error& e) {
             version_exc(e.what());
+        } catch (const proto::connection_file_error& e) {
+            file_exc(e.what());
+        } catch (const pcluster::config::config_error& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
         } catch (const proto::timeout_error& e) {
             PyErr_SetString(PyExc_TimeoutError, e.what());
         } catch (const std::system_error& e) {
@@ -193,111 +236,66 @@ PYBIND11_MODULE(_core, m) {
         }
     });
 
-    py::class_<proto::route>(m, "route")
-        .def(py::init<>())
-        .def_readwrite("id", &proto::route::id)
-        .def_readwrite("targets", &proto::route::targets)
-        .def_readwrite("shared_bufs", &proto::route::shared_bufs)
-        .def_readwrite("part_bufs", &proto::route::part_bufs)
-        .def_readwrite("flags", &proto::route::flags);
+    // --- names shared with C++: enums, request ids, error kinds ---
+    py::enum_<proto::task_kind>(m, "task_kind").value("call", proto::task_kind::call).value("map_chunk", proto::task_kind::map_chunk);
+    py::enum_<proto::control_action>(m, "control_action")
+        .value("abort", proto::control_action::abort)
+        .value("queue_status", proto::control_action::queue_status)
+        .value("forget_client", proto::control_action::forget_client);
+    py::enum_<proto::reply_status>(m, "reply_status").value("ok", proto::reply_status::ok).value("error", proto::reply_status::error);
+    py::enum_<proto::reply_origin>(m, "reply_origin")
+        .value("engine", proto::reply_origin::engine)
+        .value("controller", proto::reply_origin::controller)
+        .value("refused", proto::reply_origin::refused)
+        .value("client", proto::reply_origin::client);
+    py::enum_<proto::error_kind> kinds(m, "error_kind");
+    kinds.value("none", proto::error_kind::none);
+    py::list kind_table;
+    for (const auto& k : proto::error_kinds) {
+        kinds.value(std::string(k.name).c_str(), k.kind);
+        kind_table.append(py::make_tuple(k.kind, std::string(k.name), std::string(k.python_bases), std::string(k.doc)));
+    }
+    m.attr("error_kinds") = kind_table;  // (kind, name, Python base classes, when)
+    m.def("request_id", &proto::request_id, py::arg("client"), py::arg("seq"));
+    m.def("client_of", &proto::client_of);
+    m.def("seq_of", &proto::seq_of);
 
-    py::class_<proto::engine_info>(m, "engine_info")
-        .def_readonly("id", &proto::engine_info::id)
-        .def_readonly("host", &proto::engine_info::host)
-        .def_readonly("pid", &proto::engine_info::pid);
-
-    py::class_<proto::execute_request> ex(m, "execute_request");
-    add_request<proto::execute_request>(ex);
-    ex.def_readwrite("code", &proto::execute_request::code).def_readwrite("silent", &proto::execute_request::silent);
-    py::class_<proto::push_request> pu(m, "push_request");
-    add_request<proto::push_request>(pu);
-    py::class_<proto::pull_request> pl(m, "pull_request");
-    add_request<proto::pull_request>(pl);
-    pl.def_readwrite("names", &proto::pull_request::names).def_readwrite("single", &proto::pull_request::single);
-    py::class_<proto::apply_request> ap(m, "apply_request");
-    add_request<proto::apply_request>(ap);
-    py::class_<proto::scatter_request> sc(m, "scatter_request");
-    add_request<proto::scatter_request>(sc);
-    sc.def_readwrite("key", &proto::scatter_request::key).def_readwrite("flatten", &proto::scatter_request::flatten);
-    py::class_<proto::gather_request> ga(m, "gather_request");
-    add_request<proto::gather_request>(ga);
-    ga.def_readwrite("key", &proto::gather_request::key);
-    py::class_<proto::map_request> mp(m, "map_request");
-    add_request<proto::map_request>(mp);
-    py::class_<proto::shutdown_request> sd(m, "shutdown_request");
-    add_request<proto::shutdown_request>(sd);
-    py::class_<proto::task_request> tk(m, "task_request");
-    add_request<proto::task_request>(tk);
-    tk.def(py::init([](int kind, std::vector<std::uint64_t> after, std::vector<std::uint64_t> follow, int retries,
-                       double timeout, bool return_exceptions) {
-               proto::task_request t;
-               if (kind != 0 && kind != 1) throw py::value_error("task kind is 0 (apply) or 1 (map chunk)");
-               t.kind = static_cast<proto::task_kind>(kind);
-               t.after = std::move(after);
-               t.follow = std::move(follow);
-               t.retries = retries;
-               t.timeout = timeout;
-               t.return_exceptions = return_exceptions;
-               return t;
-           }),
-           py::arg("kind"), py::arg("after"), py::arg("follow"), py::arg("retries"), py::arg("timeout"),
-           py::arg("return_exceptions"));
-    tk.def_property(
-          "kind", [](const proto::task_request& t) { return static_cast<int>(t.kind); },
-          [](proto::task_request& t, int k) {
-              if (k != 0 && k != 1) throw py::value_error("task kind is 0 (apply) or 1 (map chunk)");
-              t.kind = static_cast<proto::task_kind>(k);
-          })
-        .def_readwrite("after", &proto::task_request::after)
-        .def_readwrite("follow", &proto::task_request::follow)
-        .def_readwrite("retries", &proto::task_request::retries)
-        .def_readwrite("timeout", &proto::task_request::timeout)
-        .def_readwrite("after_failure_ok", &proto::task_request::after_failure_ok)
-        .def_readwrite("return_exceptions", &proto::task_request::return_exceptions);
-    py::class_<proto::control_request> ct(m, "control_request");
-    add_request<proto::control_request>(ct);
-    ct.def_property(
-          "action", [](const proto::control_request& c) { return static_cast<int>(c.action); },
-          [](proto::control_request& c, int a) {
-              if (a < 0 || a > 2) throw py::value_error("control action is 0 (abort), 1 (queue_status) or 2");
-              c.action = static_cast<proto::control_action>(a);
-          })
-        .def_readwrite("ids", &proto::control_request::ids);
-    py::class_<proto::engine_queue>(m, "engine_queue")
-        .def_readonly("engine", &proto::engine_queue::engine)
-        .def_readonly("assigned", &proto::engine_queue::assigned)
-        .def_readonly("done", &proto::engine_queue::done)
-        .def_readonly("alive", &proto::engine_queue::alive);
-    py::class_<proto::control_reply>(m, "control_reply")
-        .def_readonly("id", &proto::control_reply::id)
-        .def_readonly("ok", &proto::control_reply::ok)
-        .def_readonly("message", &proto::control_reply::message)
-        .def_readonly("aborted", &proto::control_reply::aborted)
-        .def_readonly("refused", &proto::control_reply::refused)
-        .def_readonly("engines", &proto::control_reply::engines)
-        .def_readonly("unassigned", &proto::control_reply::unassigned)
-        .def_readonly("waiting", &proto::control_reply::waiting);
-
-    py::class_<proto::engine_reply>(m, "engine_reply")
-        .def(py::init<>())
-        .def_readwrite("id", &proto::engine_reply::id)
-        .def_readwrite("engine", &proto::engine_reply::engine)
-        .def_property(
-            "ok", [](const proto::engine_reply& r) { return r.status == proto::reply_status::ok; },
-            [](proto::engine_reply& r, bool ok) { r.status = ok ? proto::reply_status::ok : proto::reply_status::error; })
-        .def_readwrite("ename", &proto::engine_reply::ename)
-        .def_readwrite("evalue", &proto::engine_reply::evalue)
-        .def_readwrite("traceback", &proto::engine_reply::traceback)
-        .def_readwrite("started", &proto::engine_reply::started)
-        .def_readwrite("completed", &proto::engine_reply::completed)
-        .def_readwrite("stdout_text", &proto::engine_reply::stdout_text)
-        .def_readwrite("stderr_text", &proto::engine_reply::stderr_text)
-        .def_readwrite("execute_result", &proto::engine_reply::execute_result)
-        .def_readwrite("has_execute_result", &proto::engine_reply::has_execute_result);
+    // --- every message and its parts, from their field lists ---
+    bind_struct<proto::route>(m, "route");
+    bind_struct<proto::engine_info>(m, "engine_info");
+    bind_struct<proto::engine_queue>(m, "engine_queue");
+    py::list message_names;
+    proto::for_each_message([&](auto tag) {
+        using T = decltype(tag);
+        const char* name = proto::type_name(static_cast<std::uint16_t>(proto::type_of<T>::value));
+        bind_struct<T>(m, name);
+        message_names.append(name);
+    });
+    m.attr("messages") = message_names;
+    m.def("error_reply",
+          [](std::uint64_t id, proto::reply_origin origin, std::int32_t engine, proto::error_kind kind, std::string ename,
+             std::string evalue, std::vector<std::string> traceback) {
+              return proto::error_reply(id, origin, engine, kind, std::move(ename), std::move(evalue), std::move(traceback));
+          },
+          py::arg("id"), py::arg("origin"), py::arg("engine"), py::arg("kind"), py::arg("ename"), py::arg("evalue"),
+          py::arg("traceback"), "The one constructor of error replies (protocol::error_reply).");
 
     m.def("decode_request", &decode_request, py::arg("frame"), py::arg("part"), py::arg("engine_id"));
     m.def("encode_reply", &encode_reply, py::arg("reply"), py::arg("buffers"));
 
+    // --- the connection file and the settings ---
+    bind_struct<proto::connection_info>(m, "connection_info")
+        .def_static("from_json", &proto::connection_info_from_json, py::arg("text"))
+        .def("to_json", [](const proto::connection_info& c) { return proto::to_json(c); });
+    m.def("setting", &knob_value, py::arg("variable"), "A setting's value (validated; ValueError names the fix).");
+    m.def("check_settings", &pcluster::config::check_config);
+    py::list knob_table;
+    for (const auto& k : pcluster::config::knobs)
+        knob_table.append(py::make_tuple(std::string(k.variable), std::string(k.default_value), std::string(k.read_by),
+                                         std::string(k.doc)));
+    m.attr("settings") = knob_table;
+
+    // --- replies and the connection ---
     py::class_<blob>(m, "blob", py::buffer_protocol()).def_buffer([](blob& b) {
         return py::buffer_info(b.bytes->data(), 1, py::format_descriptor<std::uint8_t>::format(), 1,
                                {static_cast<py::ssize_t>(b.bytes->size())}, {1});
@@ -307,14 +305,15 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("meta", [](const reply& r) { return r.meta; })
         .def_property_readonly("id", [](const reply& r) { return r.meta.id; })
         .def_property_readonly("engine", [](const reply& r) { return r.meta.engine; })
+        .def_property_readonly("origin", [](const reply& r) { return r.meta.origin; })
+        .def_property_readonly("kind", [](const reply& r) { return r.meta.kind; })
         .def_property_readonly("ok", [](const reply& r) { return r.meta.status == proto::reply_status::ok; })
         .def_property_readonly("ename", [](const reply& r) { return r.meta.ename; })
         .def_property_readonly("evalue", [](const reply& r) { return r.meta.evalue; })
         .def_property_readonly("traceback", [](const reply& r) { return r.meta.traceback; })
         .def_property_readonly("started", [](const reply& r) { return r.meta.started; })
         .def_property_readonly("completed", [](const reply& r) { return r.meta.completed; })
-        .def_property_readonly("has_output",
-                               [](const reply& r) { return !r.meta.stdout_text.empty() || !r.meta.stderr_text.empty(); })
+        .def_property_readonly("has_output", [](const reply& r) { return !r.meta.stdout_text.empty() || !r.meta.stderr_text.empty(); })
         .def_property_readonly("stdout", [](const reply& r) { return text_of(r.meta.stdout_text); })
         .def_property_readonly("stderr", [](const reply& r) { return text_of(r.meta.stderr_text); })
         .def_property_readonly("control", [](const reply& r) -> py::object {
@@ -322,8 +321,8 @@ PYBIND11_MODULE(_core, m) {
             return py::cast(*r.control);
         })
         .def_property_readonly("execute_result", [](const reply& r) -> py::object {
-            if (!r.meta.has_execute_result) return py::none();
-            return py::str(r.meta.execute_result);
+            if (!r.meta.execute_result) return py::none();
+            return py::str(*r.meta.execute_result);
         })
         .def("buffers", [](const reply& r) {
             if (!r.frame.bytes) return py::list();
@@ -333,8 +332,8 @@ PYBIND11_MODULE(_core, m) {
             return views_of(py::cast(blob{r.frame.bytes}), ranges);
         });
 
-    py::class_<connection>(m, "connection")
-        .def(py::init([](const std::string& host, int port, const std::string& key, double timeout) {
+    py::class_<connection> conn(m, "connection");
+    conn.def(py::init([](const std::string& host, int port, const std::string& key, double timeout) {
                  py::gil_scoped_release nogil;
                  return std::make_unique<connection>(host, port, key, timeout);
              }),
@@ -342,52 +341,52 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("client_no", &connection::client_no)
         .def_property_readonly("engines", &connection::engines)
         .def_property_readonly("job_id", &connection::job_id)
-        .def_property_readonly("local", &connection::local)
-        // Overloads are tried in order: the ones sent by the thousand first.
-        .def("send", &send_as<proto::task_request>)
-        .def("send", &send_as<proto::apply_request>)
-        .def("send", &send_as<proto::execute_request>)
-        .def("send", &send_as<proto::push_request>)
-        .def("send", &send_as<proto::pull_request>)
-        .def("send", &send_as<proto::scatter_request>)
-        .def("send", &send_as<proto::gather_request>)
-        .def("send", &send_as<proto::map_request>)
-        .def("send", &send_as<proto::shutdown_request>)
-        .def("send", &send_as<proto::control_request>)
-        // Waits in slices so Ctrl-C (a pending Python signal) interrupts a blocking wait at once.
-        // Returns (replies, output chunks) once complete and taken, None otherwise (time-out,
-        // connection closed, or another thread took it).
-        // `holder`, if given, gets the outcome as its `_taken` attribute before anything Python
-        // runs: a Ctrl-C that lands right after the take then cannot lose it.
-        .def(
+        .def_property_readonly("local", &connection::local);
+    // send(msg, ...) for every request type; overloads are tried in order: the ones sent by
+    // the thousand first.
+    conn.def("send", &send_as<proto::task_request>).def("send", &send_as<proto::apply_request>);
+    proto::for_each_message([&](auto tag) {
+        using T = decltype(tag);
+        if constexpr (requires(T t) { t.r; }) {
+            if constexpr (!std::is_same_v<T, proto::task_request> && !std::is_same_v<T, proto::apply_request>)
+                conn.def("send", &send_as<T>);
+        }
+    });
+    // Waits in slices so Ctrl-C (a pending Python signal) interrupts a blocking wait at once.
+    // Returns (replies, output chunks) once complete and taken, None otherwise (time-out,
+    // connection closed, or another thread took it). `holder`, if given, gets the completion as
+    // its `_taken` attribute before anything Python runs: a Ctrl-C that lands right after the
+    // take then cannot lose it.
+    conn.def(
             "wait_take",
             [](connection& c, std::uint64_t id, std::optional<double> timeout, py::object holder) -> py::object {
                 const auto end = deadline_of(timeout);
                 for (;;) {
                     const auto slice = std::min(end, proto::clock::now() + std::chrono::milliseconds(100));
-                    std::optional<pcluster::client::outcome> o;
+                    std::optional<completion> o;
                     {
                         py::gil_scoped_release nogil;
                         o = c.wait_take(id, slice);
                     }
                     if (o) {
-                        py::object out = outcome_to_python(std::move(o));
+                        py::object out = completion_to_python(std::move(o));
                         if (!holder.is_none()) holder.attr("_taken") = out;
                         return out;
                     }
                     if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-                    if (c.closed() || !c.pending(id) || proto::clock::now() >= end) return py::none();
+                    if (c.requests().closed() || !c.requests().pending(id) || proto::clock::now() >= end) return py::none();
                 }
             },
             py::arg("id"), py::arg("timeout") = py::none(), py::arg("holder") = py::none())
-        .def("take", [](connection& c, std::uint64_t id) { return outcome_to_python(c.take(id)); })
-        .def("pending", &connection::pending)
-        .def("abandon", &connection::abandon, py::arg("id") = py::none())
+        .def("take", [](connection& c, std::uint64_t id) { return completion_to_python(c.requests().take(id)); })
+        .def("pending", [](connection& c, std::uint64_t id) { return c.requests().pending(id); })
+        .def("abandon", [](connection& c, std::optional<std::uint64_t> id) { return c.requests().abandon(id); },
+             py::arg("id") = py::none())
         .def(
             "next_completed",
             [](connection& c, double timeout) {
                 py::gil_scoped_release nogil;
-                return c.next_completed(deadline_of(timeout));
+                return c.requests().next_completed(deadline_of(timeout));
             },
             py::arg("timeout"))
         .def(
@@ -403,10 +402,10 @@ PYBIND11_MODULE(_core, m) {
                 return out;
             },
             py::arg("id"), py::arg("n"), py::arg("timeout"))
-        .def("take_output", [](connection& c, std::uint64_t id) { return output_list(c.take_output(id)); })
+        .def("take_output", [](connection& c, std::uint64_t id) { return output_list(c.requests().take_output(id)); })
         .def("release", &connection::release)
-        .def_property_readonly("closed", &connection::closed)
-        .def_property_readonly("close_reason", &connection::close_reason)
+        .def_property_readonly("closed", [](connection& c) { return c.requests().closed(); })
+        .def_property_readonly("close_reason", [](connection& c) { return c.requests().close_reason(); })
         .def("close", [](connection& c) {
             py::gil_scoped_release nogil;
             c.close();

@@ -26,7 +26,7 @@ IDS = [0, 1, 2, 3]
 # Frame prefix: u32 magic, u16 version, u16 type, u32 meta_len, u32 nbufs, u64 body_len.
 PREFIX = struct.Struct("<IHHIIQ")
 MAGIC = 0x314C4350
-VERSION = 1
+VERSION = pcluster._core.protocol_version
 T_CHALLENGE, T_AUTH_REQUEST, T_EXECUTE_REQUEST = 1, 2, 10
 
 
@@ -663,7 +663,12 @@ def test_port_ip_options_and_new_directory(start_job, tmp_path):
     path = tmp_path / "new" / "dir" / "conn.json"
     j = start_job(3, path=path, extra_args=["--ip", "0.0.0.0", "--port", str(port), "--log-level", "warn"])
     info = json.loads(path.read_text())
-    assert info["port"] == port and info["ip"] == "0.0.0.0"
+    # Listening on every interface, the file names an address clients can connect to (never the
+    # wildcard, nor a host name that may not resolve where the client runs), loopback last.
+    assert info["port"] == port and info["listen"] == "0.0.0.0"
+    assert info["ip"] not in ("0.0.0.0", "") and info["ip"] == info["addresses"][0]
+    socket.inet_aton(info["ip"])
+    assert "127.0.0.1" in info["addresses"]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(path.parent).st_mode) & 0o077 == 0
     with pcluster.Client(str(path)) as c:

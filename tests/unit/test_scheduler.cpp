@@ -15,7 +15,7 @@ const scheduler::time_point t0{};
 
 std::string show(const outcome& o) {
     return "task " + std::to_string(o.id) + " verdict " + std::to_string(static_cast<int>(o.what)) + " engine " +
-           std::to_string(o.engine) + " " + o.ename + ": " + o.evalue;
+           std::to_string(o.engine) + " " + std::string(pcluster::protocol::name_of(o.kind)) + ": " + o.evalue;
 }
 
 void accept(scheduler& s, task t, scheduler::time_point now = t0) {
@@ -28,13 +28,13 @@ void accept_all(scheduler& s, task_id first, task_id last) {
         accept(s, task{.id = id});
 }
 
-// Submits, expecting an answer now with this verdict and ename; returns the evalue.
-std::string answered(scheduler& s, task t, verdict v, std::string_view ename, scheduler::time_point now = t0) {
+// Submits, expecting an answer now with this verdict and error kind; returns the evalue.
+std::string answered(scheduler& s, task t, verdict v, error_kind kind, scheduler::time_point now = t0) {
     const auto r = s.submit(std::move(t), now);
     REQUIRE(r);
     INFO(show(*r));
     CHECK(r->what == v);
-    CHECK(r->ename == ename);
+    CHECK(r->kind == kind);
     return r->evalue;
 }
 
@@ -154,7 +154,7 @@ TEST_CASE("after: a task waits for its dependencies", "[scheduler]") {
         CHECK(s.dispatch() == sent({{10, 0}}));
         const auto out = s.on_finished(10, 0, false);
         CHECK(out.size() == 2);  // 10 failed, 12 dropped
-        CHECK(find(out, 12).ename == sched_error::dependency_failed);
+        CHECK(find(out, 12).kind == error_kind::dependency_failed);
         CHECK(s.dispatch() == sent({{11, 0}}));
     }
 }
@@ -174,15 +174,15 @@ TEST_CASE("follow: a task runs where its dependencies ran, after them", "[schedu
         REQUIRE(s.dispatch() == sent({{3, 0}}));
         s.on_finished(3, 0, true);
         const auto why =
-            answered(s, task{.id = 4, .follow = {1, 3}}, verdict::refused, sched_error::impossible_dependency);
+            answered(s, task{.id = 4, .follow = {1, 3}}, verdict::refused, error_kind::impossible_dependency);
         CHECK_THAT(why, Catch::Contains("different engines"));
     }
     SECTION("a follow engine outside the allowed set is refused") {
         answered(s, task{.id = 4, .engines = {0, 1}, .follow = {2}}, verdict::refused,
-                 sched_error::impossible_dependency);
+                 error_kind::impossible_dependency);
         // Also while the dependency is still live but certain to run on engine 0.
         accept(s, task{.id = 5, .engines = {0}});
-        answered(s, task{.id = 6, .engines = {1}, .follow = {5}}, verdict::refused, sched_error::impossible_dependency);
+        answered(s, task{.id = 6, .engines = {1}, .follow = {5}}, verdict::refused, error_kind::impossible_dependency);
     }
     SECTION("follow dependencies that turn out to run apart drop the dependent") {
         accept(s, task{.id = 10});
@@ -193,35 +193,35 @@ TEST_CASE("follow: a task runs where its dependencies ran, after them", "[schedu
         const auto out = s.on_finished(11, 1, true);
         REQUIRE(out.size() == 2);
         CHECK(find(out, 12).what == verdict::dropped);
-        CHECK(find(out, 12).ename == sched_error::impossible_dependency);
+        CHECK(find(out, 12).kind == error_kind::impossible_dependency);
     }
     SECTION("a follow dependency that ran outside the allowed set drops the dependent") {
         accept(s, task{.id = 10});
         accept(s, task{.id = 11, .engines = {1, 2}, .follow = {10}});
         CHECK(s.dispatch() == sent({{10, 0}}));
-        CHECK(find(s.on_finished(10, 0, true), 11).ename == sched_error::impossible_dependency);
+        CHECK(find(s.on_finished(10, 0, true), 11).kind == error_kind::impossible_dependency);
     }
     SECTION("a failed follow dependency drops the dependent even with after_failure_ok") {
         accept(s, task{.id = 10});
         accept(s, task{.id = 11, .follow = {10}, .after_failure_ok = true});
         CHECK(s.dispatch() == sent({{10, 0}}));
-        CHECK(find(s.on_finished(10, 0, false), 11).ename == sched_error::dependency_failed);
+        CHECK(find(s.on_finished(10, 0, false), 11).kind == error_kind::dependency_failed);
     }
 }
 
 TEST_CASE("submissions that cannot work are refused and not remembered", "[scheduler]") {
     scheduler s(2);
     accept(s, task{.id = 1});
-    CHECK_THAT(answered(s, task{.id = 1}, verdict::refused, sched_error::invalid_task), Catch::Contains("in use"));
-    CHECK_THAT(answered(s, task{.id = 2, .after = {99}}, verdict::refused, sched_error::invalid_dependency),
+    CHECK_THAT(answered(s, task{.id = 1}, verdict::refused, error_kind::invalid_task), Catch::Contains("in use"));
+    CHECK_THAT(answered(s, task{.id = 2, .after = {99}}, verdict::refused, error_kind::invalid_dependency),
                Catch::Contains("99") && Catch::Contains("unknown"));
-    answered(s, task{.id = 2, .follow = {2}}, verdict::refused, sched_error::invalid_dependency);  // itself
-    answered(s, task{.id = 2, .engines = {2}}, verdict::refused, sched_error::invalid_task);
-    answered(s, task{.id = 2, .retries = -1}, verdict::refused, sched_error::invalid_task);
+    answered(s, task{.id = 2, .follow = {2}}, verdict::refused, error_kind::invalid_dependency);  // itself
+    answered(s, task{.id = 2, .engines = {2}}, verdict::refused, error_kind::invalid_task);
+    answered(s, task{.id = 2, .retries = -1}, verdict::refused, error_kind::invalid_task);
     accept(s, task{.id = 2, .after = {1}});  // the refused id is free
     s.dispatch();
     s.on_finished(1, 0, true);
-    answered(s, task{.id = 1}, verdict::refused, sched_error::invalid_task);  // finished, remembered
+    answered(s, task{.id = 1}, verdict::refused, error_kind::invalid_task);  // finished, remembered
     CHECK(s.live() == 1);
 }
 
@@ -238,16 +238,16 @@ TEST_CASE("a failed task fails its dependents, transitively", "[scheduler]") {
     CHECK(out[0].id == 1);
     CHECK(out[0].what == verdict::failed);
     CHECK(out[0].engine == 0);
-    CHECK(out[0].ename.empty());  // the engine's own error reply is the answer
+    CHECK(out[0].kind == error_kind::none);  // the engine's own error reply is the answer
     for (task_id id : {2, 3, 4}) {
         CHECK(find(out, id).what == verdict::dropped);
-        CHECK(find(out, id).ename == sched_error::dependency_failed);
+        CHECK(find(out, id).kind == error_kind::dependency_failed);
     }
     CHECK_THAT(find(out, 2).evalue, Catch::Contains("dependency 1 failed"));
     CHECK(s.live() == 1);
 
     // Later dependents of the remembered failure are answered at once.
-    const auto why = answered(s, task{.id = 6, .after = {3}}, verdict::dropped, sched_error::dependency_failed);
+    const auto why = answered(s, task{.id = 6, .after = {3}}, verdict::dropped, error_kind::dependency_failed);
     CHECK_THAT(why, Catch::Contains("dependency 3 failed (DependencyFailed)"));
 }
 
@@ -308,23 +308,23 @@ TEST_CASE("a dead engine's tasks are retried or dropped, and it gets no more", "
 
     const auto out = s.on_engine_dead(1);
     CHECK(find(out, 2).what == verdict::dropped);
-    CHECK(find(out, 2).ename == sched_error::engine_died);
+    CHECK(find(out, 2).kind == error_kind::engine_died);
     CHECK(find(out, 2).engine == 1);
-    CHECK(find(out, 6).ename == sched_error::impossible_dependency);
-    CHECK(find(out, 7).ename == sched_error::impossible_dependency);
-    CHECK(find(out, 9).ename == sched_error::dependency_failed);
+    CHECK(find(out, 6).kind == error_kind::impossible_dependency);
+    CHECK(find(out, 7).kind == error_kind::impossible_dependency);
+    CHECK(find(out, 9).kind == error_kind::dependency_failed);
     CHECK(out.size() == 4);
     CHECK(!s.status().engines[1].alive);
     CHECK(s.status().engines[1].assigned == 0);
 
     CHECK(s.dispatch() == sent({{8, 2}}));
     CHECK(s.on_finished(2, 1, true).empty());  // a late reply from the dead engine is not ours
-    answered(s, task{.id = 10, .engines = {1}}, verdict::refused, sched_error::impossible_dependency);
+    answered(s, task{.id = 10, .engines = {1}}, verdict::refused, error_kind::impossible_dependency);
 
     SECTION("a task it held with retries left goes elsewhere") {
         const auto more = s.on_engine_dead(0);
         CHECK(find(more, 1).what == verdict::retried);
-        CHECK(find(more, 5).ename == sched_error::engine_died);
+        CHECK(find(more, 5).kind == error_kind::engine_died);
         s.on_finished(3, 2, true);
         CHECK(s.dispatch() == sent({{1, 2}}));
     }
@@ -333,13 +333,13 @@ TEST_CASE("a dead engine's tasks are retried or dropped, and it gets no more", "
         accept(s, task{.id = 12, .after = {1}});
         s.on_engine_dead(0);
         const auto last = s.on_engine_dead(2);
-        CHECK(find(last, 11).ename == sched_error::impossible_dependency);
-        CHECK(find(last, 1).ename == sched_error::impossible_dependency);  // its retry was waiting for 2
-        CHECK(find(last, 3).ename == sched_error::engine_died);
-        CHECK(find(last, 8).ename == sched_error::engine_died);
-        CHECK(find(last, 12).ename == sched_error::impossible_dependency);  // no engine, before 1 fails
+        CHECK(find(last, 11).kind == error_kind::impossible_dependency);
+        CHECK(find(last, 1).kind == error_kind::impossible_dependency);  // its retry was waiting for 2
+        CHECK(find(last, 3).kind == error_kind::engine_died);
+        CHECK(find(last, 8).kind == error_kind::engine_died);
+        CHECK(find(last, 12).kind == error_kind::impossible_dependency);  // no engine, before 1 fails
         CHECK(s.live() == 0);
-        answered(s, task{.id = 13}, verdict::refused, sched_error::impossible_dependency);
+        answered(s, task{.id = 13}, verdict::refused, error_kind::impossible_dependency);
     }
 }
 
@@ -358,9 +358,9 @@ TEST_CASE("a task waiting too long for its dependencies times out", "[scheduler]
     const auto out = s.expire(t0 + 5s);
     REQUIRE(out.size() == 2);
     CHECK(out[0].id == 3);
-    CHECK(out[0].ename == sched_error::task_timeout);
+    CHECK(out[0].kind == error_kind::task_timeout);
     CHECK_THAT(out[0].evalue, Catch::Contains("5000 ms") && Catch::Contains("still pending: 2"));
-    CHECK(find(out, 4).ename == sched_error::dependency_failed);
+    CHECK(find(out, 4).kind == error_kind::dependency_failed);
     CHECK(!s.next_deadline());
     CHECK(s.expire(t0 + 1h).empty());
     CHECK(s.dispatch() == sent({{2, 0}}));
@@ -381,14 +381,14 @@ TEST_CASE("abort drops queued tasks and refuses running ones", "[scheduler]") {
     CHECK(rep.refused[0].reason == "cannot abort: running on engine 0");
     CHECK(rep.refused[1].reason == "unknown task");
     REQUIRE(rep.dropped.size() == 3);
-    CHECK(find(rep.dropped, 2).ename == sched_error::task_aborted);
-    CHECK(find(rep.dropped, 3).ename == sched_error::task_aborted);  // asked for, so aborted, not failed
-    CHECK(find(rep.dropped, 4).ename == sched_error::dependency_failed);
+    CHECK(find(rep.dropped, 2).kind == error_kind::task_aborted);
+    CHECK(find(rep.dropped, 3).kind == error_kind::task_aborted);  // asked for, so aborted, not failed
+    CHECK(find(rep.dropped, 4).kind == error_kind::dependency_failed);
 
     s.on_finished(1, 0, true);
     CHECK(s.abort({1}).refused[0].reason == "already finished");
     CHECK(s.dispatch() == sent({{5, 0}}));  // 2, 3, 4 never go out
-    answered(s, task{.id = 6, .after = {2}}, verdict::dropped, sched_error::dependency_failed);
+    answered(s, task{.id = 6, .after = {2}}, verdict::dropped, error_kind::dependency_failed);
 }
 
 TEST_CASE("abort_client touches only that client's tasks", "[scheduler]") {
@@ -402,9 +402,9 @@ TEST_CASE("abort_client touches only that client's tasks", "[scheduler]") {
     REQUIRE(rep.refused.size() == 1);
     CHECK(rep.refused[0].id == 1);
     REQUIRE(rep.dropped.size() == 2);
-    CHECK(find(rep.dropped, 3).ename == sched_error::task_aborted);
+    CHECK(find(rep.dropped, 3).kind == error_kind::task_aborted);
     CHECK(find(rep.dropped, 3).client == 1);
-    CHECK(find(rep.dropped, 4).ename == sched_error::dependency_failed);
+    CHECK(find(rep.dropped, 4).kind == error_kind::dependency_failed);
     CHECK(find(rep.dropped, 4).client == 2);
     s.on_finished(1, 0, true);
     CHECK(s.dispatch() == sent({{2, 0}}));
@@ -417,12 +417,12 @@ TEST_CASE("finished outcomes are remembered up to a bound, oldest forgotten firs
     for (task_id id = 1; id <= 5; ++id)
         s.on_finished(id, 0, id != 4);
     for (task_id id : {1, 2})
-        CHECK_THAT(answered(s, task{.id = 100 + id, .after = {id}}, verdict::refused, sched_error::invalid_dependency),
+        CHECK_THAT(answered(s, task{.id = 100 + id, .after = {id}}, verdict::refused, error_kind::invalid_dependency),
                    Catch::Contains("too long ago"));
     accept(s, task{.id = 103, .after = {3, 5}});
-    answered(s, task{.id = 104, .after = {4}}, verdict::dropped, sched_error::dependency_failed);
+    answered(s, task{.id = 104, .after = {4}}, verdict::dropped, error_kind::dependency_failed);
     accept(s, task{.id = 1});  // a forgotten id may be used again
-    answered(s, task{.id = 5}, verdict::refused, sched_error::invalid_task);
+    answered(s, task{.id = 5}, verdict::refused, error_kind::invalid_task);
 }
 
 TEST_CASE("100k tasks over 1 and 1024 engines: each sent once, in order, within prefetch", "[scheduler]") {

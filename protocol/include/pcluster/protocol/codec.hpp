@@ -46,26 +46,32 @@ outgoing_frame encode(const T& msg, std::vector<std::span<const char>> bufs = {}
                           std::move(bufs), nullptr};
 }
 
-// Decodes the meta of a frame as T. Throws frame_error when the type does not match or the meta
-// is not a valid T (truncated, trailing garbage).
+// Decodes meta bytes as T. Throws frame_error when they are not a valid T (truncated, trailing
+// garbage); `what` names the message in the error.
 template <class T>
-T decode(const frame_view& f) {
-    constexpr auto want = static_cast<std::uint16_t>(type_of<T>::value);
-    if (f.type() != want)
-        throw frame_error(std::string("expected a ") + type_name(want) + " frame, got " +
-                          type_name(f.type()));
-    detail::span_buf sb(f.meta());
+T decode_meta(std::span<const char> meta, const char* what = "message") {
+    detail::span_buf sb(meta);
     std::istream is(&sb);
     T msg{};
     try {
         cereal::PortableBinaryInputArchive ar(is);
         ar(msg);
     } catch (const std::exception& e) {
-        throw frame_error(std::string("malformed ") + type_name(want) + " meta: " + e.what());
+        throw frame_error(std::string("malformed ") + what + " meta: " + e.what());
     }
     if (is.peek() != std::char_traits<char>::eof())
-        throw frame_error(std::string("malformed ") + type_name(want) + " meta: trailing bytes");
+        throw frame_error(std::string("malformed ") + what + " meta: trailing bytes");
     return msg;
+}
+
+// Decodes the meta of a frame as T. Throws frame_error when the type does not match or the meta
+// is not a valid T.
+template <class T>
+T decode(const frame_view& f) {
+    constexpr auto want = static_cast<std::uint16_t>(type_of<T>::value);
+    if (f.type() != want)
+        throw frame_error(std::string("expected a ") + type_name(want) + " frame, got " + type_name(f.type()));
+    return decode_meta<T>(f.meta(), type_name(want));
 }
 
 // The route of any request frame (throws frame_error for non-request types).

@@ -5,7 +5,9 @@
 
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "pcluster/protocol/frame.hpp"
@@ -45,5 +47,34 @@ void remove_dead_client_segments();
 // The owner tag for a client's segments: "c<pid>x<random>".
 std::string client_shm_owner();
 bool has_shm_leftovers(const std::string& owner);
+
+// Segments kept for reuse by whoever made them: a fresh segment's pages cost more to fault in
+// than the copy into them (here ~60 ms per 100 MiB against 8 ms), so the client keeps its
+// request segments and the controller its reply segments once they come back. get() returns the
+// smallest kept segment that fits without wasting more than half of it, else a new one (rounded
+// up to a MiB); put() keeps a segment, removing the oldest beyond the limits. Thread-safe.
+class shm_pool {
+public:
+    struct limits {
+        std::size_t segments;
+        std::uint64_t bytes;
+    };
+    shm_pool(std::string owner, limits l) : owner_(std::move(owner)), limits_(l) {}
+    ~shm_pool() { clear(); }
+    shm_pool(const shm_pool&) = delete;
+    shm_pool& operator=(const shm_pool&) = delete;
+
+    shm_out get(std::uint64_t size);
+    void put(shm_out s);
+    // Unlinks every kept segment (mappings go when their last user lets go).
+    void clear();
+    const std::string& owner() const { return owner_; }
+
+private:
+    std::string owner_;
+    limits limits_;
+    std::mutex mu_;
+    std::deque<shm_out> free_;  // oldest first
+};
 
 }  // namespace pcluster::protocol

@@ -52,6 +52,23 @@ private:
     std::size_t staged_pos_ = 0, staged_len_ = 0;
 };
 
+// Reads the frames available on `fd` and hands each to on_frame(received_frame&&), which returns
+// false to stop (e.g. it closed the connection). At most `budget` frames unless more are already
+// buffered here (a loop serving several peers must not stay with one); a blocking fd may pass a
+// budget as large as it likes. Returns how reading ended; throws as frame_reader::read does.
+enum class drain_end { again, closed, stopped };
+template <class F>
+drain_end drain_frames(frame_reader& reader, int fd, int budget, F&& on_frame) {
+    for (int i = 0; i < budget || reader.buffered(); ++i) {
+        received_frame f;
+        const auto st = reader.read(fd, &f);
+        if (st == frame_reader::status::again) return drain_end::again;
+        if (st == frame_reader::status::closed) return drain_end::closed;
+        if (!on_frame(std::move(f))) return drain_end::stopped;
+    }
+    return drain_end::again;
+}
+
 // Queue of outgoing frames written with writev as the fd accepts them.
 class frame_writer {
 public:

@@ -1,0 +1,182 @@
+#include "engine_channels.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "pcluster/mpi/envelope.hpp"
+#include "pcluster/mpi/wire.hpp"
+#include "pcluster/protocol/codec.hpp"
+
+namespace pcluster::controller {
+
+namespace proto = pcluster::protocol;
+namespace wire = pcluster::mpi_wire;
+
+engine_channels::engine_channels(const wire::job_comms& comms)
+    : collective_(comms.collective), direct_(comms.direct), reply_(comms.reply), n_(comms.n_engines()),
+      direct_sent_(static_cast<std::size_t>(n_), 0), awaited_(static_cast<std::size_t>(n_)) {}
+
+awaited_reply engine_channels::awaited_of(const request& q, int engine) const {
+    return {q.r.id, engine, (q.r.flags & proto::reply_by_shm) != 0, q.internal, q.shutdown(), q.task};
+}
+
+void engine_channels::issue(const request& q) {
+    const auto l = proto::layout_of(q.frame.view(), q.r, q.targets.size());
+    if (q.targets.size() == static_cast<std::size_t>(n_) || q.shutdown()) {
+        issue_collective(q, l);
+    } else {
+        for (std::size_t k = 0; k < q.targets.size(); ++k) issue_direct(q, l, k);
+    }
+}
+
+void engine_channels::issue_direct(const request& q, const proto::request_layout& l, std::size_t k) {
+    const int e = q.targets[k];
+    const std::uint64_t part_len = l.has_parts ? l.part_len[k] : 0;
+    const wire::direct_head h{collective_sent_, l.common_len, part_len, l.has_parts};
+    const char* frame = q.frame.bytes->data();
+    inflight fl;
+    if (wire::direct_inline(l.common_len, part_len)) {
+        auto msg = std::make_shared<std::vector<char>>(wire::build_direct_message(
+            h, {frame, l.common_len}, l.has_parts ? std::span<const char>(frame + l.part_off[k], part_len) : std::span<const char>()));
+        wire::isend_bytes(msg->data(), msg->size(), e + 1, wire::tag_direct_head, direct_, fl.reqs);
+        fl.keep = msg;
+    } else {
+        auto head = std::make_shared<wire::direct_head>(h);
+        wire::isend_bytes(head.get(), sizeof h, e + 1, wire::tag_direct_head, direct_, fl.reqs);
+        wire::isend_bytes(frame, l.common_len, e + 1, wire::tag_direct_data, direct_, fl.reqs);
+        if (l.has_parts) wire::isend_bytes(frame + l.part_off[k], part_len, e + 1, wire::tag_direct_data, direct_, fl.reqs);
+        fl.keep = std::make_shared<std::pair<std::shared_ptr<wire::direct_head>, std::shared_ptr<proto::byte_buffer>>>(
+            head, q.frame.bytes);
+    }
+    ++direct_sent_[static_cast<std::size_t>(e)];
+    awaited_[static_cast<std::size_t>(e)].push_back(awaited_of(q, e));
+    inflight_.push_back(std::move(fl));
+}
+
+void engine_channels::issue_collective(const request& q, const proto::request_layout& l) {
+    char* frame = q.frame.bytes->data();
+    struct held {
+        std::vector<char> envelope;
+        wire::scatter_plan plan;
+        std::shared_ptr<proto::byte_buffer> frame;
+    };
+    auto h = std::make_shared<held>();
+    h->frame = q.frame.bytes;
+    h->envelope = wire::build_envelope(n_, l, q.targets, direct_sent_, {frame, l.common_len});
+    ++collective_sent_;
+    inflight fl;
+    wire::ibcast_bytes(h->envelope.data(), h->envelope.size(), collective_, fl.reqs);
+    if (!wire::envelope_layout(n_).carries_inline(l.common_len)) wire::ibcast_bytes(frame, l.common_len, collective_, fl.reqs);
+    if (l.has_parts) {
+        // MPI may read counts and displacements until the scatter completes: `h` keeps them.
+        if (wire::plan_scatter(n_, l, q.targets, &h->plan)) {
+            MPI_Request r;
+            wire::check(MPI_Iscatterv(frame + h->plan.base, h->plan.counts.data(), h->plan.displs.data(), MPI_BYTE, nullptr,
+                                      0, MPI_BYTE, 0, collective_, &r),
+                        "MPI_Iscatterv");
+            fl.reqs.push_back(r);
+        } else {
+            for (std::size_t k = 0; k < q.targets.size(); ++k)
+                wire::isend_bytes(frame + l.part_off[k], l.part_len[k], q.targets[k] + 1, wire::tag_collective_part,
+                                  collective_, fl.reqs);
+        }
+    }
+    for (int e : q.targets) awaited_[static_cast<std::size_t>(e)].push_back(awaited_of(q, e));
+    if (q.shutdown()) {
+        shutdown_issued_ = true;
+        shutdown_replies_left_ = static_cast<int>(q.targets.size());
+    }
+    fl.keep = h;
+    inflight_.push_back(std::move(fl));
+}
+
+bool engine_channels::progress() {
+    bool any = false;
+    for (auto it = inflight_.begin(); it != inflight_.end();) {
+        if (wire::test_all(it->reqs)) {
+            auto then = std::move(it->then);
+            it = inflight_.erase(it);
+            if (then) then();
+            any = true;
+        } else {
+            ++it;
+        }
+    }
+    return any;
+}
+
+void engine_channels::receive_pieces(int src, const std::vector<std::uint64_t>& lens, reply_landing to) {
+    inflight fl;
+    char* dest = to.dest;
+    for (auto l : lens) {
+        wire::irecv_bytes(dest, l, src, wire::tag_reply_piece, direct_, fl.reqs);
+        dest += l;
+    }
+    fl.then = std::move(to.then);
+    inflight_.push_back(std::move(fl));
+}
+
+// Replies come point to point from each engine in the order it ran its requests, which is the
+// order they were issued to it: awaited_[engine] says whose reply each one is.
+bool engine_channels::receive(const std::function<reply_landing(std::uint64_t, const awaited_reply&)>& land,
+                              const std::function<void(std::shared_ptr<proto::byte_buffer>)>& on_output) {
+    bool any = false;
+    for (;;) {
+        int flag = 0;
+        MPI_Message msg;
+        MPI_Status st;
+        wire::check(MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, reply_, &flag, &msg, &st), "MPI_Improbe");
+        if (!flag) return any;
+        any = true;
+        const int engine = st.MPI_SOURCE - 1;
+        if (st.MPI_TAG == wire::tag_output) {
+            // What a long request printed so far: straight on. It was sent before the request's
+            // reply, so it also reaches the client before it.
+            int count = 0;
+            MPI_Get_count(&st, MPI_BYTE, &count);
+            auto bytes = std::make_shared<proto::byte_buffer>(static_cast<std::uint64_t>(std::max(count, 1)));
+            wire::check(MPI_Mrecv(bytes->data(), count, MPI_BYTE, &msg, MPI_STATUS_IGNORE), "MPI_Mrecv");
+            try {
+                if (!proto::is(proto::frame_view(bytes->data(), static_cast<std::size_t>(count)), proto::message_type::output))
+                    throw proto::frame_error("not an output frame");
+            } catch (const std::exception& e) {
+                spdlog::error("engine {} sent a bad output frame: {}", engine, e.what());
+                continue;
+            }
+            on_output(std::move(bytes));
+            continue;
+        }
+        auto& q = awaited_[static_cast<std::size_t>(engine)];
+        awaited_reply a;
+        if (q.empty()) {
+            spdlog::error("engine {} sent a reply nobody awaits; dropped", engine);
+            a.internal = true;
+        } else {
+            a = q.front();
+            q.pop_front();
+        }
+        if (a.shutdown) --shutdown_replies_left_;
+        if (st.MPI_TAG == wire::tag_reply_sizes) {
+            int n = 0;
+            MPI_Get_count(&st, MPI_UINT64_T, &n);
+            std::vector<std::uint64_t> lens(static_cast<std::size_t>(n));
+            wire::check(MPI_Mrecv(lens.data(), n, MPI_UINT64_T, &msg, MPI_STATUS_IGNORE), "MPI_Mrecv");
+            std::uint64_t len = 0;
+            for (auto l : lens) len += l;
+            receive_pieces(st.MPI_SOURCE, lens, land(len, a));
+            continue;
+        }
+        int count = 0;
+        MPI_Get_count(&st, MPI_BYTE, &count);
+        auto to = land(static_cast<std::uint64_t>(count), a);
+        inflight fl;
+        MPI_Request r;
+        wire::check(MPI_Imrecv(to.dest, count, MPI_BYTE, &msg, &r), "MPI_Imrecv");
+        fl.reqs.push_back(r);
+        fl.then = std::move(to.then);
+        inflight_.push_back(std::move(fl));
+    }
+}
+
+}  // namespace pcluster::controller

@@ -1,0 +1,37 @@
+// The communicators of a job and its start-up exchange, made the same way on every rank: the
+// controller (rank 0) and the engines call open_job() at the same point, so the collective calls
+// inside match.
+//
+// Boost.MPI owns the communicators (freed with the job) and does the start-up gather; the hot
+// paths (envelopes, requests, replies) use MPI's C API directly on the same communicators, since
+// they need non-blocking collectives, matched probes and derived datatypes Boost.MPI does not
+// wrap.
+#pragma once
+
+#include <boost/mpi/communicator.hpp>
+
+#include <functional>
+#include <optional>
+#include <vector>
+
+#include "pcluster/protocol/messages.hpp"
+
+namespace pcluster::mpi_wire {
+
+struct job_comms {
+    boost::mpi::communicator world;
+    boost::mpi::communicator collective;  // requests for every engine: Ibcast/Iscatterv, root 0
+    boost::mpi::communicator direct;      // requests for some engines, large reply pieces
+    boost::mpi::communicator reply;       // replies and output, engines -> rank 0
+    // Engines only (engine k is its rank k), for user code (pcluster.engine.comm); empty on rank 0.
+    std::optional<boost::mpi::communicator> engines;
+    int n_engines() const { return world.size() - 1; }
+};
+
+// Collective over `world`. On an engine, start(engines) runs once the engines-only communicator
+// exists and returns this engine's info, which rank 0 receives for every engine, in engine order,
+// in `all` - so the controller reports a job ready only once every engine has started.
+using engine_start = std::function<protocol::engine_info(const boost::mpi::communicator& engines)>;
+job_comms open_job(MPI_Comm world, const engine_start& start, std::vector<protocol::engine_info>* all);
+
+}  // namespace pcluster::mpi_wire

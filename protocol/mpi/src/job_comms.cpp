@@ -1,0 +1,36 @@
+#include "pcluster/mpi/job_comms.hpp"
+
+#include <boost/mpi/collectives.hpp>
+#include <boost/serialization/string.hpp>
+#include <boost/serialization/vector.hpp>
+
+#include "pcluster/mpi/wire.hpp"
+#include "pcluster/protocol/codec.hpp"
+
+namespace pcluster::mpi_wire {
+
+namespace mpi = boost::mpi;
+
+job_comms open_job(MPI_Comm world_comm, const engine_start& start, std::vector<protocol::engine_info>* all) {
+    job_comms c{mpi::communicator(world_comm, mpi::comm_attach), {}, {}, {}, std::nullopt};
+    const bool controller = c.world.rank() == 0;
+    // The engines-only communicator: rank 0 takes part in the split but is not in it.
+    MPI_Comm engines;
+    check(MPI_Comm_split(world_comm, controller ? MPI_UNDEFINED : 1, c.world.rank(), &engines), "MPI_Comm_split");
+    if (!controller) c.engines.emplace(engines, mpi::comm_take_ownership);
+    // Where every engine runs, for clients (rc.ids, engine hosts) - encoded as the protocol does.
+    const std::string mine = controller ? std::string() : protocol::encode_meta(start(*c.engines));
+    std::vector<std::string> infos;
+    mpi::gather(c.world, mine, infos, 0);
+    if (controller && all) {
+        all->clear();
+        for (std::size_t r = 1; r < infos.size(); ++r)
+            all->push_back(protocol::decode_meta<protocol::engine_info>(infos[r], "engine_info"));
+    }
+    c.collective = mpi::communicator(world_comm, mpi::comm_duplicate);
+    c.direct = mpi::communicator(world_comm, mpi::comm_duplicate);
+    c.reply = mpi::communicator(world_comm, mpi::comm_duplicate);
+    return c;
+}
+
+}  // namespace pcluster::mpi_wire
