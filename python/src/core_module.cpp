@@ -264,14 +264,16 @@ PYBIND11_MODULE(_core, m) {
     bind_struct<proto::route>(m, "route");
     bind_struct<proto::engine_info>(m, "engine_info");
     bind_struct<proto::engine_queue>(m, "engine_queue");
-    py::list message_names;
+    py::list message_names, request_names;
     proto::for_each_message([&](auto tag) {
         using T = decltype(tag);
-        const char* name = proto::type_name(static_cast<std::uint16_t>(proto::type_of<T>::value));
-        bind_struct<T>(m, name);
-        message_names.append(name);
+        const auto type = static_cast<std::uint16_t>(proto::type_of<T>::value);
+        bind_struct<T>(m, proto::type_name(type));
+        message_names.append(proto::type_name(type));
+        if (proto::is_request(type)) request_names.append(proto::type_name(type));
     });
     m.attr("messages") = message_names;
+    m.attr("requests") = request_names;  // the messages that start with a route
     m.def("error_reply",
           [](std::uint64_t id, proto::reply_origin origin, std::int32_t engine, proto::error_kind kind, std::string ename,
              std::string evalue, std::vector<std::string> traceback) {
