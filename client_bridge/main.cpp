@@ -92,7 +92,9 @@ int main(int argc, char** argv) {
         const auto deadline = proto::clock::now() + std::chrono::seconds(30);
         auto info = proto::decode<proto::job_info>(proto::read_frame(ctl_fd, deadline).view());
         const listen_plan plan = plan_listen(ip);
-        spdlog::info("listening on {} ({}); clients connect to {}", plan.listen, plan.why, plan.connect);
+        // Worth a line on mpirun's terminal only when it is not the plain default.
+        const auto level = ip.empty() && plan.listen == "127.0.0.1" ? spdlog::level::debug : spdlog::level::info;
+        spdlog::log(level, "listening on {} ({}); clients connect to {}", plan.listen, plan.why, plan.connect);
         if (plan.listen == "0.0.0.0" || plan.listen == "::")
             spdlog::warn("listening on all interfaces ({}): anyone who can reach this host may try to connect; "
                          "only the key in the connection file lets them in", plan.listen);

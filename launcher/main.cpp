@@ -23,6 +23,8 @@ int main(int argc, char** argv) {
     app.add_option("--ip", opt.ip,
                    "address the bridge listens on (default: 127.0.0.1; in a SLURM job submitted from another host, the address that host reaches; 0.0.0.0 for all interfaces)");
     app.add_option("--port", opt.port, "TCP port for clients (default: a free port)")->check(CLI::Range(0, 65535));
+    app.add_option("--max-frame-gib", opt.max_frame_gib, "the largest request a client may send, in GiB (default 16)")
+        ->check(CLI::Range(0.001, 1024.0));
     app.add_option("--log-level", opt.log_level, "trace, debug, info, warn, error")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
     app.footer(pcluster::config::describe());

@@ -26,7 +26,7 @@ namespace {
 pid_t spawn(const options& opt, int fd, const std::string& job_id) {
     std::vector<std::string> args = {opt.bridge_path, "--controller-fd", std::to_string(fd), "--ip", opt.ip,
                                      "--port", std::to_string(opt.port), "--log-level", opt.log_level,
-                                     "--job-id", job_id};
+                                     "--job-id", job_id, "--max-frame-gib", std::to_string(opt.max_frame_gib)};
     if (!opt.connection_file.empty()) {
         args.push_back("--connection-file");
         args.push_back(opt.connection_file);

@@ -15,6 +15,7 @@ struct options {
     std::string log_level = "info";
     std::string bridge_path;      // pcluster-bridge executable
     double bridge_timeout_s = 30;
+    double max_frame_gib = 16;  // the largest request frame a client may send
 };
 
 // Runs the controller until a client shuts the job down, a signal stops it or the bridge goes

@@ -1,6 +1,7 @@
 """Bad inputs, remote failures, hostile peers and job life cycle: every one ends in a clear error
 and leaves the job serving."""
 
+import contextlib
 import json
 import os
 import signal
@@ -689,11 +690,21 @@ def test_stale_connection_file_is_replaced(start_job, tmp_path):
 
 
 # --------------------------------------------------------------------------- ending a job
-def test_shutdown(start_job):
-    j = start_job(3)
+@contextlib.contextmanager
+def two_clients(j):
+    """Two clients of job j, closed at the end whatever happened."""
     c = pcluster.Client(str(j.path))
     other = pcluster.Client(str(j.path))
     try:
+        yield c, other
+    finally:
+        other.close()
+        c.close()
+
+
+def test_shutdown(start_job):
+    j = start_job(3)
+    with two_clients(j) as (c, other):
         c[:].push(dict(s_x=1))
         assert other[:]["s_x"] == [1, 1]
         c.shutdown(timeout=EXIT_TIMEOUT)
@@ -707,16 +718,11 @@ def test_shutdown(start_job):
             c[:].apply(lambda: 1)
         with pytest.raises(pcluster.NoJobError):
             pcluster.Client(str(j.path), timeout=0.5)
-    finally:
-        other.close()
-        c.close()
 
 
 def test_shutdown_waits_for_queued_work(start_job):
     j = start_job(3)
-    c = pcluster.Client(str(j.path))
-    other = pcluster.Client(str(j.path))
-    try:
+    with two_clients(j) as (c, other):
         pending = other[:].apply_async(lambda: (print("started"), __import__("time").sleep(1.5), "done")[2])
         # Running in the job, not only queued in `other`'s writer: requests of two clients have
         # no order between them until they reach the job. A request running for more than 0.5 s
@@ -728,9 +734,6 @@ def test_shutdown_waits_for_queued_work(start_job):
         assert pending.get(EXIT_TIMEOUT) == ["done", "done"]
         assert j.wait_exit(EXIT_TIMEOUT) == 0, j.describe()
         assert not j.path.exists()
-    finally:
-        other.close()
-        c.close()
 
 
 def test_ctrl_c_ends_job(start_job):

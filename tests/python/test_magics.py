@@ -70,6 +70,11 @@ def rc_of(sh):
     return sh.user_ns["rc"]
 
 
+def connect(sh, capsys, job, name="rc"):
+    """A Client of the shared job, made in the shell as `name`."""
+    return run_ok(sh, capsys, f"{name} = pcluster.Client({str(job.path)!r}, timeout=10)")
+
+
 def pull(sh, name, targets=slice(None)):
     return rc_of(sh)[targets].pull(name, block=True)
 
@@ -99,22 +104,22 @@ def test_load_ext_registers_the_magics(shell):
 
 def test_px_needs_an_open_client(bare_shell, job, capsys):
     sh = bare_shell
-    run_ok(sh, capsys, f"old = pcluster.Client({str(job.path)!r}, timeout=10)")
+    connect(sh, capsys, job, "old")
     run_ok(sh, capsys, "%load_ext pcluster")
     run_ok(sh, capsys, "old.close()")
     result, shown = run(sh, capsys, "%px x_no_client = 1")
     assert_usage_error(result, shown, "no pcluster client")
     # connecting a client afterwards makes the same magics work
-    run_ok(sh, capsys, f"rc = pcluster.Client({str(job.path)!r}, timeout=10)")
+    connect(sh, capsys, job, "rc")
     run_ok(sh, capsys, "%px x_no_client = 2")
     assert pull(sh, "x_no_client") == [2] * 4
 
 
 def test_px_uses_the_newest_client(bare_shell, job, capsys):
     sh = bare_shell
-    run_ok(sh, capsys, f"first = pcluster.Client({str(job.path)!r}, timeout=10)")
+    connect(sh, capsys, job, "first")
     run_ok(sh, capsys, "%load_ext pcluster")
-    run_ok(sh, capsys, f"rc = pcluster.Client({str(job.path)!r}, timeout=10)")
+    connect(sh, capsys, job, "rc")
     run_ok(sh, capsys, "first.close()")  # the magics do not hold on to the first client
     run_ok(sh, capsys, "%px x_newest = 'n'")
     assert pull(sh, "x_newest") == ["n"] * 4
@@ -499,7 +504,7 @@ def test_unknown_engine_target_fails_cleanly(shell, capsys):
 # --------------------------------------------------------------------------- activate()
 def test_activate_on_a_subset(bare_shell, job, capsys):
     sh = bare_shell
-    run_ok(sh, capsys, f"rc = pcluster.Client({str(job.path)!r}, timeout=10)")
+    connect(sh, capsys, job, "rc")
     run_ok(sh, capsys, "rc[:].execute('act_v = None', block=True)")
     run_ok(sh, capsys, "rc[0:2].activate()")
     _, shown = run_ok(sh, capsys, "%px act_v = 'sub'\nprint('act')")
@@ -518,7 +523,7 @@ def test_activate_on_a_subset(bare_shell, job, capsys):
 
 def test_activate_with_a_suffix(bare_shell, job, capsys):
     sh = bare_shell
-    run_ok(sh, capsys, f"rc = pcluster.Client({str(job.path)!r}, timeout=10)")
+    connect(sh, capsys, job, "rc")
     run_ok(sh, capsys, "rc[:].execute('sfx_v = None', block=True)")
     run_ok(sh, capsys, "%load_ext pcluster")
     run_ok(sh, capsys, "rc[2:4].activate('_b')")
