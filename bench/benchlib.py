@@ -1,5 +1,6 @@
 """Shared pieces of the pcluster benchmark: operation names, sizes, timing, JSON and process cleanup."""
 
+import argparse
 import json
 import os
 import signal
@@ -58,6 +59,23 @@ def install_deadline(seconds):
     signal.signal(signal.SIGTERM, on_term)
     if seconds and seconds > 0:
         signal.alarm(int(seconds))
+
+
+def part_parser(doc, timeout, ready_timeout, ready_what="the cluster to come up"):
+    """The options every benchmark part takes: where its results go and its time limits."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", required=True, help="where to write the results")
+    ap.add_argument("--timeout", type=float, default=timeout, help="overall limit in seconds (cleanup still runs)")
+    ap.add_argument("--ready-timeout", type=float, default=ready_timeout, help=f"limit for {ready_what}")
+    return ap
+
+
+def record_failure(out, what, exc):
+    """A part failed (Deadline and SIGTERM's SystemExit included): the error goes in its results
+    and the log; returns the exit status. Cleanup runs after this."""
+    out["error"] = error_text(exc)
+    log(f"{what} failed: {out['error']}")
+    return 1
 
 
 def positive_int(text):

@@ -361,12 +361,9 @@ def _cmdline(pid):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bl.part_parser(__doc__, timeout=240, ready_timeout=90)
     ap.add_argument("--peer", required=True, choices=PEERS)
-    ap.add_argument("--json", required=True, help="where to write the results")
     ap.add_argument("--quick", action="store_true", help="fewer tasks, one timed run: a smoke run")
-    ap.add_argument("--timeout", type=float, default=240, help="overall limit in seconds (cleanup still runs)")
-    ap.add_argument("--ready-timeout", type=float, default=90, help="limit for the cluster to come up")
     ap.add_argument("--stop-timeout", type=float, default=30, help="limit for the cluster to stop")
     ap.add_argument("--build-dir", default=os.path.join(REPO, "build"), help="pcluster build (bin/, python/)")
     ap.add_argument("--engines", type=bl.positive_int, default=bl.N_ENGINES, help="pcluster only: engines to start")
@@ -404,10 +401,8 @@ def main():
     status = 0
     try:
         bench(args, out, cleanup)
-    except BaseException as exc:  # includes Deadline and SIGTERM's SystemExit: record, then clean up
-        out["error"] = bl.error_text(exc)
-        bl.log(f"farm {args.peer} failed: {out['error']}")
-        status = 1
+    except BaseException as exc:  # noqa: B036 - Deadline and SIGTERM too: record, then clean up
+        status = bl.record_failure(out, f"farm {args.peer}", exc)
     finally:
         bl.shield_cleanup()
         t_stop = time.perf_counter()

@@ -4,7 +4,6 @@ Run: /usr/bin/python3 bench/ipyparallel_bench.py --json OUT.json [--quick]
 Starts `ipcluster start -n 4 --daemonize` in a throw-away profile dir and always stops it again.
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -72,10 +71,7 @@ def stop_cluster(ipcluster, profile_dir, pids, timeout):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", required=True, help="where to write the results")
-    ap.add_argument("--timeout", type=float, default=300, help="overall limit in seconds (cleanup still runs)")
-    ap.add_argument("--ready-timeout", type=float, default=90, help="limit for the cluster to come up")
+    ap = bl.part_parser(__doc__, timeout=300, ready_timeout=90)
     ap.add_argument("--stop-timeout", type=float, default=60, help="limit for `ipcluster stop`")
     bl.add_repeat_args(ap)
     args = ap.parse_args()
@@ -128,10 +124,8 @@ def main():
         # give its rate within the time limit.
         run_throughput(rc, noop, 500 if args.quick else 2000, 1 if args.quick else 3, results)
         rc.close()
-    except BaseException as exc:  # includes Deadline and SIGTERM's SystemExit: record, then clean up
-        out["error"] = bl.error_text(exc)
-        bl.log(f"ipyparallel bench failed: {out['error']}")
-        status = 1
+    except BaseException as exc:  # noqa: B036 - Deadline and SIGTERM too: record, then clean up
+        status = bl.record_failure(out, "ipyparallel bench", exc)
     finally:
         bl.shield_cleanup()
         t_stop = time.perf_counter()

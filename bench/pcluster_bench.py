@@ -5,7 +5,6 @@ Starts the job itself, times it until the client sees 4 engines, runs the same o
 ipyparallel_bench.py, then rc.shutdown(); mpirun and its ranks are killed on any failure.
 """
 
-import argparse
 import os
 import shutil
 import socket
@@ -66,11 +65,8 @@ def connect(pcluster, proc, conn_file, log_file, t0, limit, engines=bl.N_ENGINES
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", required=True, help="where to write the results")
+    ap = bl.part_parser(__doc__, timeout=240, ready_timeout=60, ready_what="the job to come up")
     ap.add_argument("--build-dir", default=os.path.join(REPO, "build"), help="holds bin/pcluster and python/")
-    ap.add_argument("--timeout", type=float, default=240, help="overall limit in seconds (cleanup still runs)")
-    ap.add_argument("--ready-timeout", type=float, default=60, help="limit for the job to come up")
     ap.add_argument("--shutdown-timeout", type=float, default=30, help="limit for mpirun to exit after rc.shutdown()")
     bl.add_repeat_args(ap)
     args = ap.parse_args()
@@ -127,10 +123,8 @@ def main():
                 warnings.append(f"mpirun exited with {proc.returncode} after rc.shutdown():\n{bl.tail(log_file)}")
         except subprocess.TimeoutExpired:
             warnings.append(f"mpirun still running {args.shutdown_timeout} s after rc.shutdown(); killed it")
-    except BaseException as exc:  # includes Deadline and SIGTERM's SystemExit: record, then clean up
-        out["error"] = bl.error_text(exc)
-        bl.log(f"pcluster bench failed: {out['error']}")
-        status = 1
+    except BaseException as exc:  # noqa: B036 - Deadline and SIGTERM too: record, then clean up
+        status = bl.record_failure(out, "pcluster bench", exc)
     finally:
         bl.shield_cleanup()
         if proc is not None:
