@@ -61,7 +61,7 @@ std::string bridge::run() {
             listen_paused_until_.reset();
         }
     }
-    return "the bridge was terminated (SIGTERM)";
+    return proto::ended_by_signal(SIGTERM);
 }
 
 void bridge::farewell(const std::string& reason) {

@@ -23,12 +23,6 @@ namespace {
 bool process_alive(long pid) { return pid > 0 && (kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM); }
 }  // namespace
 
-fs::path default_connection_file() {
-    if (auto env = config::text(config::knob::connection_file); !env.empty()) return env;
-    const char* home = std::getenv("HOME");
-    return fs::path(home && *home ? home : "/tmp") / ".pcluster" / "connection.json";
-}
-
 void write_connection_file(const fs::path& path, const protocol::connection_info& info) {
     if (path.has_parent_path() && !fs::exists(path.parent_path())) {
         fs::create_directories(path.parent_path());

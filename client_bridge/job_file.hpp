@@ -8,9 +8,6 @@
 
 namespace pcluster::bridge {
 
-// $PCLUSTER_CONNECTION_FILE, else ~/.pcluster/connection.json.
-std::filesystem::path default_connection_file();
-
 // Writes the file atomically with mode 0600 (the key in it is the job's only secret), creating
 // its directory (0700) if needed. Refuses to replace the file of a job that still runs (its
 // bridge process is alive); a stale one is replaced with a warning.

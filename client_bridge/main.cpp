@@ -18,6 +18,7 @@
 #include "bridge.hpp"
 #include "job_file.hpp"
 #include "pcluster/protocol/codec.hpp"
+#include "pcluster/protocol/connection_file.hpp"
 #include "pcluster/protocol/shm.hpp"
 
 namespace proto = pcluster::protocol;
@@ -85,7 +86,7 @@ int main(int argc, char** argv) {
     std::signal(SIGTERM, on_term);
     fcntl(ctl_fd, F_SETFD, FD_CLOEXEC);
 
-    fs::path path = conn_file.empty() ? default_connection_file() : fs::path(conn_file);
+    fs::path path = conn_file.empty() ? fs::path(proto::default_connection_file()) : fs::path(conn_file);
     bool wrote = false;
     int status = 0;
     try {

@@ -6,20 +6,63 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
 
 #include "controller.hpp"
 #include "engine.hpp"
 #include "pcluster/mpi/idle.hpp"
 #include "pcluster/protocol/config.hpp"
 
+#ifndef PCLUSTER_PYTHON_EXECUTABLE
+#define PCLUSTER_PYTHON_EXECUTABLE "/usr/bin/python3"
+#endif
+
+namespace {
+
+// Subcommands that manage jobs rather than being one (submit, jobs, attach, cancel, run): they
+// need no MPI, so they are handed to the Python CLI (pcluster.cli) before MPI is touched.
+constexpr const char* subcommands[] = {"submit", "jobs", "attach", "cancel", "run"};
+
+[[noreturn]] void run_python_cli(int argc, char** argv) {
+    // A build tree's package (<bin>/../python) comes first; an installed one is on Python's path.
+    std::error_code ec;
+    const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    const auto pkg = exe.parent_path().parent_path() / "python";
+    if (!ec && std::filesystem::exists(pkg / "pcluster" / "__init__.py")) {
+        const char* old = std::getenv("PYTHONPATH");
+        const std::string path = pkg.string() + (old && *old ? std::string(":") + old : std::string());
+        setenv("PYTHONPATH", path.c_str(), 1);
+    }
+    if (!ec) setenv("PCLUSTER_EXE", exe.c_str(), 0);
+    std::vector<char*> args = {const_cast<char*>(PCLUSTER_PYTHON_EXECUTABLE), const_cast<char*>("-m"),
+                               const_cast<char*>("pcluster.cli")};
+    for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
+    args.push_back(nullptr);
+    execv(PCLUSTER_PYTHON_EXECUTABLE, args.data());
+    std::fprintf(stderr, "pcluster: cannot run %s for `pcluster %s`: %s\n", PCLUSTER_PYTHON_EXECUTABLE, argv[1],
+                 std::strerror(errno));
+    std::exit(2);
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+    if (argc > 1)
+        for (const char* cmd : subcommands)
+            if (std::strcmp(argv[1], cmd) == 0) run_python_cli(argc, argv);
     pcluster::controller::options opt;
     CLI::App app{"pcluster: interactive parallel Python over MPI.\n"
                  "Start with `mpirun -n N pcluster`: rank 0 becomes the controller, ranks 1..N-1 Python engines;\n"
-                 "clients attach through the connection file with pcluster.Client()."};
+                 "clients attach through the connection file with pcluster.Client().\n"
+                 "Managing jobs (no MPI needed): pcluster submit | jobs | attach | cancel | run  (each with --help)."};
     app.add_option("-f,--connection-file", opt.connection_file,
-                   "where to write the connection file (default: $PCLUSTER_CONNECTION_FILE or ~/.pcluster/connection.json)");
+                   "where to write the connection file (default: $PCLUSTER_CONNECTION_FILE, else in a SLURM job "
+                   "<dir>/slurm-<job id>.json, else <dir>/connection.json; <dir>: $PCLUSTER_CONNECTION_DIR or ~/.pcluster)");
     app.add_option("--ip", opt.ip,
                    "address the bridge listens on (default: 127.0.0.1; in a SLURM job submitted from another host, the address that host reaches; 0.0.0.0 for all interfaces)");
     app.add_option("--port", opt.port, "TCP port for clients (default: a free port)")->check(CLI::Range(0, 65535));

@@ -4,7 +4,9 @@
 
 #include <csignal>
 #include <cstdio>
+#include <chrono>
 #include <map>
+#include <optional>
 #include <system_error>
 
 #include <poll.h>
@@ -26,8 +28,12 @@ namespace proto = pcluster::protocol;
 namespace wire = pcluster::mpi_wire;
 
 namespace {
-volatile std::sig_atomic_t stop_requested = 0;
-extern "C" void on_signal(int) { stop_requested = 1; }
+volatile std::sig_atomic_t stop_signal = 0;
+extern "C" void on_signal(int sig) { stop_signal = sig; }
+
+// After a signal, how long the engines get to answer the shutdown: under SLURM or a dying
+// mpirun they got the signal too and may never answer, and waiting longer only earns a SIGKILL.
+constexpr auto signal_grace = std::chrono::seconds(2);
 
 std::string hostname() {
     char buf[256] = {0};
@@ -49,17 +55,30 @@ public:
     }
 
     // Returns once the shutdown request's replies reached the bridge (or the bridge is gone and
-    // the engines were told to stop).
-    void run() {
+    // the engines were told to stop): true. False when a signal stopped the job and the engines
+    // did not answer within signal_grace: MPI cannot be finalized then.
+    bool run() {
         wire::backoff idle;
         if (!link_.open()) stop("the bridge did not start");
+        std::optional<std::chrono::steady_clock::time_point> give_up;
         while (!channels_.shutdown_done()) {
             bool progress = false;
-            if (stop_requested && !stopping_) {
-                spdlog::warn("signal received: shutting the engines down");
-                end_reason_ = "the job was stopped by a signal (Ctrl-C or SIGTERM to mpirun)";
+            if (stop_signal && !give_up) {
+                spdlog::warn("signal {} received: shutting the engines down", static_cast<int>(stop_signal));
+                end_reason_ = proto::ended_by_signal(stop_signal);
+                // Tell the bridge now: mpirun (or SLURM) signalled the engines too and may kill
+                // this process within a second, long before a shutdown could complete.
+                link_.send(proto::encode(proto::job_ended{end_reason_}));
+                link_.flush();
                 stop(end_reason_);
+                give_up = std::chrono::steady_clock::now() + signal_grace;
                 progress = true;
+            }
+            if (give_up && std::chrono::steady_clock::now() > *give_up) {
+                spdlog::warn("the engines did not answer the shutdown within {} s; ending without them",
+                             std::chrono::duration_cast<std::chrono::seconds>(signal_grace).count());
+                link_.finish(end_reason_);
+                return false;
             }
             progress |= link_.read([this](proto::received_frame f) { accept(std::move(f)); });
             progress |= farm_.expire();
@@ -84,6 +103,7 @@ public:
         link_.finish(end_reason_);
         reply_pool_.clear();
         lent_.clear();  // clients map theirs; the bridge removes what is left at the end
+        return true;
     }
 
 private:
@@ -217,11 +237,13 @@ int run(MPI_Comm world, const options& opt) {
         std::printf("pcluster: stop with rc.shutdown() or Ctrl-C\n");
         std::fflush(stdout);
     }
+    bool clean;
     {
         controller c(comms, bridge ? bridge->fd : -1);
-        c.run();
+        clean = c.run();
     }
     if (bridge) reap_bridge(bridge->pid);
+    if (!clean) std::_Exit(128 + static_cast<int>(stop_signal));  // engines gone or stuck: MPI_Finalize would hang
     return bridge ? 0 : 1;
 }
 

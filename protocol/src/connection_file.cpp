@@ -2,10 +2,35 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdlib>
+
+#include <pwd.h>
+#include <unistd.h>
+
+#include "pcluster/protocol/config.hpp"
+
 #include "pcluster/protocol/auth.hpp"
 #include "pcluster/protocol/frame.hpp"
 
 namespace pcluster::protocol {
+
+std::string connection_dir() {
+    if (auto d = config::text(config::knob::connection_dir); !d.empty()) return d;
+    const char* home = std::getenv("HOME");
+    std::string h = home && *home ? home : "";
+    if (h.empty()) {
+        if (const passwd* pw = getpwuid(geteuid()); pw && pw->pw_dir) h = pw->pw_dir;
+    }
+    return (h.empty() ? std::string("/") : h) + "/.pcluster";
+}
+
+std::string connection_file_for_job(const std::string& job_id) { return connection_dir() + "/slurm-" + job_id + ".json"; }
+
+std::string default_connection_file() {
+    if (auto f = config::text(config::knob::connection_file); !f.empty()) return f;
+    if (const char* job = std::getenv("SLURM_JOB_ID"); job && *job) return connection_file_for_job(job);
+    return connection_dir() + "/connection.json";
+}
 
 std::string to_json(const connection_info& c) {
     nlohmann::json j;

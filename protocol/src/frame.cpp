@@ -1,5 +1,7 @@
 #include "pcluster/protocol/frame.hpp"
 
+#include <csignal>
+#include <cstdlib>
 #include <cstring>
 
 #include "pcluster/protocol/codec.hpp"
@@ -114,6 +116,17 @@ route decode_route(const frame_view& f) {
 }  // namespace pcluster::protocol
 
 namespace pcluster::protocol {
+
+std::string ended_by_signal(int sig) {
+    const char* job = std::getenv("SLURM_JOB_ID");
+    if (job && *job && sig == SIGTERM)
+        return std::string("the job was cancelled by SLURM (job ") + job +
+               ": scancel, its time limit or a node failure sent SIGTERM)";
+    const char* abbrev = sigabbrev_np(sig);
+    const std::string name = "SIG" + (abbrev ? std::string(abbrev) : std::to_string(sig));
+    return "the job was stopped by a signal (" + name +
+           (sig == SIGTERM || sig == SIGINT ? ": Ctrl-C or kill on mpirun sends it to every rank)" : ")");
+}
 
 std::uint64_t reply_id(const frame_view& f) {
     // cereal puts the class version ahead of the fields, so the id is read by a full decode.

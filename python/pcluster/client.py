@@ -18,11 +18,10 @@ _request_id = _core.request_id
 
 
 def default_connection_file():
-    """$PCLUSTER_CONNECTION_FILE, else ~/.pcluster/connection.json (where `pcluster` writes by default)."""
-    env = _core.setting("PCLUSTER_CONNECTION_FILE")
-    if env:
-        return env
-    return os.path.join(os.path.expanduser("~"), ".pcluster", "connection.json")
+    """Where `pcluster` writes its connection file by default: $PCLUSTER_CONNECTION_FILE, else
+    inside a SLURM job <dir>/slurm-<job id>.json, else <dir>/connection.json, <dir> being
+    $PCLUSTER_CONNECTION_DIR or ~/.pcluster. The job and its clients share this one rule."""
+    return _core.default_connection_file()
 
 
 def _read_connection_file(path, timeout):

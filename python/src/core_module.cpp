@@ -289,6 +289,9 @@ PYBIND11_MODULE(_core, m) {
     bind_struct<proto::connection_info>(m, "connection_info")
         .def_static("from_json", &proto::connection_info_from_json, py::arg("text"))
         .def("to_json", [](const proto::connection_info& c) { return proto::to_json(c); });
+    m.def("connection_dir", &proto::connection_dir);
+    m.def("connection_file_for_job", &proto::connection_file_for_job, py::arg("job_id"));
+    m.def("default_connection_file", &proto::default_connection_file);
     m.def("setting", &knob_value, py::arg("variable"), "A setting's value (validated; ValueError names the fix).");
     m.def("check_settings", &pcluster::config::check_config);
     py::list knob_table;

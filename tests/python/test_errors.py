@@ -747,7 +747,7 @@ def test_ctrl_c_ends_job(start_job):
         while j.path.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not j.path.exists(), j.describe()
-        with pytest.raises(pcluster.JobEndedError):
+        with pytest.raises(pcluster.JobEndedError, match="stopped by a signal"):
             c[:].apply(lambda: 1)
     finally:
         c.close()

@@ -37,7 +37,9 @@ namespace pcluster::config {
       "us the client's writer waits for more non-blocking requests to send in one write")                        \
     X(noninteractive, "PCLUSTER_NONINTERACTIVE", flag, "0", 0, 1, "client", "1 turns progress bars off")         \
     X(connection_file, "PCLUSTER_CONNECTION_FILE", text, "", 0, 0, "pcluster, client",                             \
-      "the connection file when none is given (default ~/.pcluster/connection.json)")
+      "the connection file when none is given (default: see PCLUSTER_CONNECTION_DIR)")                          \
+    X(connection_dir, "PCLUSTER_CONNECTION_DIR", text, "", 0, 0, "pcluster, client",                               \
+      "where connection files go (default ~/.pcluster): connection.json, or slurm-<job id>.json in a SLURM job")
 
 enum class knob {
 #define PCLUSTER_KNOB_ENUM_(id, var, type, dflt, lo, hi, who, doc) id,

@@ -37,6 +37,15 @@ struct connection_info {
                     job_id, engines, controller_host, controller_pid, bridge_pid, created)
 };
 
+// Where connection files go: $PCLUSTER_CONNECTION_DIR, else ~/.pcluster (the home directory from
+// the password database when HOME is unset, so a job and its clients always agree).
+std::string connection_dir();
+// The file of SLURM job `job_id`: <dir>/slurm-<job_id>.json.
+std::string connection_file_for_job(const std::string& job_id);
+// A job's file when none is given: $PCLUSTER_CONNECTION_FILE, else the SLURM job's own file
+// inside a SLURM job (SLURM_JOB_ID), else <dir>/connection.json.
+std::string default_connection_file();
+
 std::string to_json(const connection_info& c);
 // Parses and checks a connection file's text; connection_file_error names what is wrong.
 connection_info connection_info_from_json(std::string_view text);

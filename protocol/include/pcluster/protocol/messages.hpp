@@ -312,6 +312,10 @@ struct job_ended {
     PCLUSTER_FIELDS(job_ended, reason)
 };
 
+// Why a job that got signal `sig` ended, for job_ended: inside a SLURM job a SIGTERM is SLURM's
+// (scancel, the time limit, a node failure), which is what the user needs to hear.
+std::string ended_by_signal(int sig);
+
 // Controller -> bridge at start-up.
 struct job_info {
     std::string job_id;
