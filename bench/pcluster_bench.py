@@ -26,7 +26,7 @@ def noop():
 def launch(exe, bin_dir, py_dir, conn_file, log_file, engines):
     """Starts `mpirun -n engines+1 pcluster`, output to log_file: (process, command line, start
     time)."""
-    cmd = ["mpirun", "-n", str(engines + 1), "--oversubscribe", exe, "--connection-file", conn_file]
+    cmd = ["mpirun", "--enable-recovery", "-n", str(engines + 1), "--oversubscribe", exe, "--connection-file", conn_file]
     t0 = time.perf_counter()
     with open(log_file, "w") as logf:
         proc = subprocess.Popen(cmd, env=bl.pcluster_env(bin_dir, py_dir), stdout=logf, stderr=subprocess.STDOUT,

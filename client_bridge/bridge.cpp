@@ -255,7 +255,27 @@ int bridge::route_reply(proto::received_frame f) {
             end_reason_ = proto::decode<proto::job_ended>(v).reason;
         } catch (const std::exception&) {
         }
-        return -1;  // the socket closes next
+        return -1;  // the socket closes next (or the job goes on until it does)
+    }
+    if (proto::is(v, proto::message_type::engine_event)) {
+        // For every client, and for those that log in later (auth_reply's engine list).
+        try {
+            const auto ev = proto::decode<proto::engine_event>(v);
+            for (auto& e : info_.engines)
+                if (e.id == ev.engine.id) e = ev.engine;
+        } catch (const std::exception& e) {
+            spdlog::error("bad engine_event from the controller: {}", e.what());
+            return -1;
+        }
+        std::vector<int> fds;
+        for (auto& [fd, c] : clients_) {
+            if (!c.no) continue;
+            c.writer.push_raw(f.bytes);
+            fds.push_back(fd);
+        }
+        for (int fd : fds)  // flushing may drop a client: look each up again
+            if (auto it = clients_.find(fd); it != clients_.end()) flush_client(it->second);
+        return -1;
     }
     std::uint64_t id = 0;
     std::string shm_path;

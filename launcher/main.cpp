@@ -11,7 +11,9 @@
 #include <string>
 #include <vector>
 
+#include <pthread.h>
 #include <unistd.h>
+#include <csignal>
 
 #include "controller.hpp"
 #include "engine.hpp"
@@ -88,6 +90,12 @@ int main(int argc, char** argv) {
     spdlog::set_pattern("pcluster %l: %v");
 
     pcluster::mpi_wire::keep_freed_memory();
+    // The engines' interrupt signal goes to the thread that runs Python only: blocked here, before
+    // MPI and our own threads start (they inherit the mask), unblocked by the engine loop.
+    sigset_t interrupt;
+    sigemptyset(&interrupt);
+    sigaddset(&interrupt, SIGRTMIN + static_cast<int>(pcluster::config::integer(pcluster::config::knob::interrupt_signal)));
+    pthread_sigmask(SIG_BLOCK, &interrupt, nullptr);
     int provided = 0;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
     int rank = 0, size = 0;

@@ -2,7 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <csignal>
+#include <ctime>
 #include <cstdio>
 #include <chrono>
 #include <map>
@@ -15,6 +17,7 @@
 #include "bridge_link.hpp"
 #include "bridge_process.hpp"
 #include "engine_channels.hpp"
+#include "engine_watch.hpp"
 #include "pcluster/mpi/idle.hpp"
 #include "pcluster/protocol/codec.hpp"
 #include "pcluster/protocol/config.hpp"
@@ -47,11 +50,14 @@ std::string hostname() {
 // non-blocking; it idles in ppoll on the bridge's socket between polls (wire::backoff).
 class controller {
 public:
-    controller(const wire::job_comms& comms, int bridge_fd)
-        : n_(comms.n_engines()), link_(bridge_fd), channels_(comms),
+    controller(const wire::job_comms& comms, std::vector<proto::engine_info> engines, int bridge_fd)
+        : n_(comms.n_engines()), engines_(std::move(engines)), link_(bridge_fd), channels_(comms), watch_(comms, engines_),
           farm_(n_, static_cast<int>(config::integer(config::knob::task_prefetch))),
           reply_pool_("s" + std::to_string(getpid()), {8, std::uint64_t{4} << 30}) {
         link_.gone = [this](const std::string&) { stop("the bridge is gone"); };
+        if (!watch_.recovery())
+            spdlog::info("an engine's death ends this job (mpirun aborts it): start it with `mpirun --enable-recovery` "
+                         "to keep the job running when an engine dies");
     }
 
     // Returns once the shutdown request's replies reached the bridge (or the bridge is gone and
@@ -65,7 +71,8 @@ public:
             bool progress = false;
             if (stop_signal && !give_up) {
                 spdlog::warn("signal {} received: shutting the engines down", static_cast<int>(stop_signal));
-                end_reason_ = proto::ended_by_signal(stop_signal);
+                // Without recovery mpirun's SIGTERM follows an engine's death: that death is the reason.
+                if (!ended_by_death_) end_reason_ = proto::ended_by_signal(stop_signal);
                 // Tell the bridge now: mpirun (or SLURM) signalled the engines too and may kill
                 // this process within a second, long before a shutdown could complete.
                 link_.send(proto::encode(proto::job_ended{end_reason_}));
@@ -84,8 +91,12 @@ public:
             progress |= farm_.expire();
             progress |= dispatch_tasks();  // after read: what arrived first was issued first
             progress |= channels_.progress();
-            progress |= channels_.receive([this](std::uint64_t len, const awaited_reply& a) { return land(len, a); },
-                                          [this](std::shared_ptr<proto::byte_buffer> b) { link_.send_raw(std::move(b)); });
+            progress |= receive();
+            if (auto deaths = watch_.poll(); !deaths.empty()) {
+                receive();  // what a dying engine sent before it died is kept
+                for (const auto& d : deaths) engine_died(d.engine, d.how);
+                progress = true;
+            }
             for (auto& r : farm_.take_answers()) link_.send(proto::encode(r));
             link_.flush();
             if (progress) {
@@ -95,10 +106,11 @@ public:
             // While transfers are under way keep polling (yielding): they only advance when we do.
             const std::int64_t s = idle.next_sleep(channels_.transferring());
             if (s == 0) continue;
-            // Sleep in ppoll so a request from the bridge wakes us at once.
-            pollfd p{link_.fd(), static_cast<short>(POLLIN | (link_.has_output() ? POLLOUT : 0)), 0};
+            // Sleep in ppoll so a request from the bridge, or an engine's death, wakes us at once.
+            auto fds = watch_.pollfds();
+            if (link_.open()) fds.push_back({link_.fd(), static_cast<short>(POLLIN | (link_.has_output() ? POLLOUT : 0)), 0});
             timespec ts{static_cast<time_t>(s / 1'000'000'000), static_cast<long>(s % 1'000'000'000)};
-            ::ppoll(link_.open() ? &p : nullptr, link_.open() ? 1 : 0, &ts, nullptr);
+            ::ppoll(fds.data(), fds.size(), &ts, nullptr);
         }
         link_.finish(end_reason_);
         reply_pool_.clear();
@@ -107,6 +119,64 @@ public:
     }
 
 private:
+    bool receive() {
+        return channels_.receive([this](std::uint64_t len, const awaited_reply& a) { return land(len, a); },
+                                 [this](std::shared_ptr<proto::byte_buffer> b) { link_.send_raw(std::move(b)); },
+                                 [this](int e, std::uint64_t done, std::uint64_t epoch) { epoch_reached(e, done, epoch); });
+    }
+
+    std::string who(int e) const {
+        const auto& i = engines_[static_cast<std::size_t>(e)];
+        return "engine " + std::to_string(e) + " (" + i.host + ", pid " + std::to_string(i.pid) + ")";
+    }
+
+    // An error reply in place of engine a.engine's, for a request that will never get one.
+    void answer_for(const awaited_reply& a, proto::error_kind kind, const std::string& why) {
+        if (a.internal || a.task) return;  // the task farm answers for tasks
+        link_.send(proto::encode(proto::error_reply(a.id, proto::reply_origin::controller, a.engine, kind, why)));
+    }
+
+    // Engine e died: its waiting requests fail with EngineDied (tasks: retried or failed by the
+    // farm), the survivors rebuild their communicators, every client hears of it, and without
+    // recovery the bridge learns why mpirun is about to end the job.
+    void engine_died(int e, const std::string& how) {
+        auto& info = engines_[static_cast<std::size_t>(e)];
+        info.alive = false;
+        info.death = how;
+        spdlog::warn("{} {}", who(e), how);
+        const auto fx = channels_.engine_died(e, watch_.alive_map());
+        const std::string why = who(e) + " " + how + " while this request waited on it";
+        for (const auto& a : fx.lost) answer_for(a, proto::error_kind::engine_died, why);
+        watch_.send_all_alive({wire::control_kind::engine_died, e, fx.collectives_issued, fx.epoch});
+        farm_.engine_died(e, how);
+        link_.send(proto::encode(proto::engine_event{info, static_cast<double>(std::time(nullptr))}));
+        if (!watch_.recovery()) {
+            ended_by_death_ = true;
+            end_reason_ = who(e) + " " + how + "; without recovery mpirun ends the whole job when a rank dies (start it "
+                          "with `mpirun --enable-recovery` to keep the job running)";
+            link_.send(proto::encode(proto::job_ended{end_reason_}));
+        }
+        link_.flush();
+        if (std::none_of(watch_.alive_map().begin(), watch_.alive_map().end(), [](bool a) { return a; })) {
+            end_reason_ = "every engine died (the last: " + who(e) + " " + how + ")";
+            stop(end_reason_);
+        }
+    }
+
+    // A survivor switched to the new epoch: collective requests that never reached it are
+    // answered for it; a lost shutdown goes to it again, direct.
+    void epoch_reached(int e, std::uint64_t done, std::uint64_t epoch) {
+        for (const auto& a : channels_.epoch_reached(e, done, epoch)) {
+            if (a.shutdown) {
+                channels_.issue(internal_request(proto::encode(proto::shutdown_request{}), {e}));
+                continue;
+            }
+            answer_for(a, proto::error_kind::request_lost,
+                       "this request never reached engine " + std::to_string(e) +
+                           ": another engine its broadcast went through died; it did not run there");
+        }
+    }
+
     // A frame from the bridge: a request to check and issue, or segments coming back.
     void accept(proto::received_frame f) {
         if (proto::is(f.view(), proto::message_type::shm_return)) {
@@ -119,7 +189,7 @@ private:
         }
         request q;
         try {
-            q = check_request(std::move(f), n_);
+            q = check_request(std::move(f), watch_.alive_map());
             if (stopping_) {
                 refusal r(proto::error_kind::job_shutting_down, "the job is shutting down");
                 r.id = q.r.id;
@@ -131,9 +201,18 @@ private:
             return;
         }
         if (q.type == static_cast<std::uint16_t>(proto::message_type::control_request)) {
-            if (auto rep = farm_.control(proto::decode<proto::control_request>(q.frame.view()))) link_.send(proto::encode(*rep));
+            const auto req = proto::decode<proto::control_request>(q.frame.view());
+            if (req.action == proto::control_action::interrupt) return interrupt(req);
+            if (auto rep = farm_.control(req)) link_.send(proto::encode(*rep));
             return;
         }
+        // Targets that died: answered at once; the request goes to the others.
+        for (int t : q.targets)
+            if (!watch_.alive(t))
+                link_.send(proto::encode(proto::error_reply(q.r.id, proto::reply_origin::controller, t,
+                                                            proto::error_kind::engine_died,
+                                                            who(t) + " " + engines_[static_cast<std::size_t>(t)].death +
+                                                                " before this request was sent")));
         if (q.task) {
             farm_.submit(std::move(q));
             return;
@@ -152,7 +231,45 @@ private:
         spdlog::debug("stopping: {}", why);
         stopping_ = true;
         farm_.abort_all("the job is shutting down");
-        channels_.issue(internal_request(proto::encode(proto::shutdown_request{}), n_));
+        std::vector<int> live;
+        for (int e = 0; e < n_; ++e)
+            if (watch_.alive(e)) live.push_back(e);
+        channels_.issue(internal_request(proto::encode(proto::shutdown_request{}), live));
+    }
+
+    // Raise KeyboardInterrupt in running code: requests `ids` (direct ones on r.targets, tasks
+    // wherever they run), or whatever runs on r.targets. Answers which engines were told.
+    void interrupt(const proto::control_request& req) {
+        proto::control_reply rep;
+        rep.id = req.r.id;
+        std::vector<std::pair<int, std::uint64_t>> told;
+        auto tell = [&](int e, std::uint64_t id) {
+            if (e < 0 || e >= n_ || !watch_.alive(e)) {
+                rep.refused.push_back("engine " + std::to_string(e) + ": not a live engine");
+                return;
+            }
+            watch_.send(e, {wire::control_kind::interrupt, e, id, 0});
+            told.emplace_back(e, id);
+        };
+        if (req.ids.empty()) {
+            for (int e : req.r.targets) tell(e, 0);
+            if (req.r.targets.empty())
+                for (int e = 0; e < n_; ++e)
+                    if (watch_.alive(e)) tell(e, 0);
+        }
+        for (auto id : req.ids) {
+            if (proto::client_of(id) != proto::client_of(req.r.id)) {
+                rep.refused.push_back("request " + std::to_string(id) + ": not this client's");
+            } else if (auto e = farm_.engine_of(id)) {
+                tell(*e, id);
+            } else if (!req.r.targets.empty()) {
+                for (int e : req.r.targets) tell(e, id);
+            } else {
+                rep.refused.push_back("request " + std::to_string(id) + ": not running on any engine");
+            }
+        }
+        for (auto [e, id] : told) rep.engines.push_back({e, 0, id, true});
+        link_.send(proto::encode(rep));
     }
 
     bool dispatch_tasks() {
@@ -204,12 +321,15 @@ private:
     }
 
     int n_;
+    std::vector<proto::engine_info> engines_;  // as the clients know them (alive, how they died)
     bridge_link link_;
     engine_channels channels_;
+    engine_watch watch_;
     task_farm farm_;
     proto::shm_pool reply_pool_;                  // reply segments ready for reuse
     std::map<std::string, proto::shm_out> lent_;  // reply segments a client holds
     std::string end_reason_ = "the job ended";
+    bool ended_by_death_ = false;  // without recovery: an engine's death is why the job ends
     bool stopping_ = false;
 };
 
@@ -239,7 +359,7 @@ int run(MPI_Comm world, const options& opt) {
     }
     bool clean;
     {
-        controller c(comms, bridge ? bridge->fd : -1);
+        controller c(comms, info.engines, bridge ? bridge->fd : -1);
         clean = c.run();
     }
     if (bridge) reap_bridge(bridge->pid);

@@ -3,7 +3,9 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstring>
 
+#include "pcluster/mpi/control.hpp"
 #include "pcluster/mpi/envelope.hpp"
 #include "pcluster/mpi/wire.hpp"
 #include "pcluster/protocol/codec.hpp"
@@ -14,19 +16,34 @@ namespace proto = pcluster::protocol;
 namespace wire = pcluster::mpi_wire;
 
 engine_channels::engine_channels(const wire::job_comms& comms)
-    : collective_(comms.collective), direct_(comms.direct), reply_(comms.reply), n_(comms.n_engines()),
-      direct_sent_(static_cast<std::size_t>(n_), 0), awaited_(static_cast<std::size_t>(n_)) {}
+    : collective_(comms.collective), direct_(comms.direct), reply_(comms.reply), control_(comms.control),
+      n_(comms.n_engines()), alive_(static_cast<std::size_t>(n_), true), rank_of_(static_cast<std::size_t>(n_)),
+      direct_sent_(static_cast<std::size_t>(n_), 0), awaited_(static_cast<std::size_t>(n_)) {
+    for (int e = 0; e < n_; ++e) rank_of_[static_cast<std::size_t>(e)] = e + 1;
+}
 
-awaited_reply engine_channels::awaited_of(const request& q, int engine) const {
-    return {q.r.id, engine, (q.r.flags & proto::reply_by_shm) != 0, q.internal, q.shutdown(), q.task};
+engine_channels::~engine_channels() {
+    if (rebuild_.joinable()) rebuild_.join();
+}
+
+awaited_reply engine_channels::awaited_of(const request& q, int engine, std::uint64_t seq) const {
+    return {q.r.id, engine, (q.r.flags & proto::reply_by_shm) != 0, q.internal, q.shutdown(), q.task, seq};
 }
 
 void engine_channels::issue(const request& q) {
     const auto l = proto::layout_of(q.frame.view(), q.r, q.targets.size());
-    if (q.targets.size() == static_cast<std::size_t>(n_) || q.shutdown()) {
+    const auto live = static_cast<std::size_t>(std::count(alive_.begin(), alive_.end(), true));
+    const bool every_live_engine =
+        q.targets.size() == live && std::all_of(q.targets.begin(), q.targets.end(), [&](int t) { return alive(t); });
+    if (q.shutdown()) {
+        shutdown_issued_ = true;
+        shutdown_replies_left_ += static_cast<int>(std::count_if(q.targets.begin(), q.targets.end(), [&](int t) { return alive(t); }));
+    }
+    if (every_live_engine && collective_whole_) {
         issue_collective(q, l);
     } else {
-        for (std::size_t k = 0; k < q.targets.size(); ++k) issue_direct(q, l, k);
+        for (std::size_t k = 0; k < q.targets.size(); ++k)
+            if (alive(q.targets[k])) issue_direct(q, l, k);
     }
 }
 
@@ -36,6 +53,7 @@ void engine_channels::issue_direct(const request& q, const proto::request_layout
     const wire::direct_head h{collective_sent_, l.common_len, part_len, l.has_parts};
     const char* frame = q.frame.bytes->data();
     inflight fl;
+    fl.from = e;  // a send: abandoned, not waited for, if the engine dies
     if (wire::direct_inline(l.common_len, part_len)) {
         auto msg = std::make_shared<std::vector<char>>(wire::build_direct_message(
             h, {frame, l.common_len}, l.has_parts ? std::span<const char>(frame + l.part_off[k], part_len) : std::span<const char>()));
@@ -64,13 +82,16 @@ void engine_channels::issue_collective(const request& q, const proto::request_la
     auto h = std::make_shared<held>();
     h->frame = q.frame.bytes;
     h->envelope = wire::build_envelope(n_, l, q.targets, direct_sent_, {frame, l.common_len});
-    ++collective_sent_;
+    const std::uint64_t seq = ++collective_sent_;
     inflight fl;
+    fl.from = -2;  // collective: abandoned if an engine dies (the tree may run through it)
     wire::ibcast_bytes(h->envelope.data(), h->envelope.size(), collective_, fl.reqs);
     if (!wire::envelope_layout(n_).carries_inline(l.common_len)) wire::ibcast_bytes(frame, l.common_len, collective_, fl.reqs);
     if (l.has_parts) {
+        int size = 0;
+        MPI_Comm_size(collective_, &size);
         // MPI may read counts and displacements until the scatter completes: `h` keeps them.
-        if (wire::plan_scatter(n_, l, q.targets, &h->plan)) {
+        if (wire::plan_scatter(size, l, q.targets, rank_of_, &h->plan)) {
             MPI_Request r;
             wire::check(MPI_Iscatterv(frame + h->plan.base, h->plan.counts.data(), h->plan.displs.data(), MPI_BYTE, nullptr,
                                       0, MPI_BYTE, 0, collective_, &r),
@@ -78,21 +99,21 @@ void engine_channels::issue_collective(const request& q, const proto::request_la
             fl.reqs.push_back(r);
         } else {
             for (std::size_t k = 0; k < q.targets.size(); ++k)
-                wire::isend_bytes(frame + l.part_off[k], l.part_len[k], q.targets[k] + 1, wire::tag_collective_part,
-                                  collective_, fl.reqs);
+                wire::isend_bytes(frame + l.part_off[k], l.part_len[k], rank_of_[static_cast<std::size_t>(q.targets[k])],
+                                  wire::tag_collective_part, collective_, fl.reqs);
         }
     }
-    for (int e : q.targets) awaited_[static_cast<std::size_t>(e)].push_back(awaited_of(q, e));
-    if (q.shutdown()) {
-        shutdown_issued_ = true;
-        shutdown_replies_left_ = static_cast<int>(q.targets.size());
-    }
+    for (int e : q.targets) awaited_[static_cast<std::size_t>(e)].push_back(awaited_of(q, e, seq));
     fl.keep = h;
     inflight_.push_back(std::move(fl));
 }
 
 bool engine_channels::progress() {
     bool any = false;
+    if (rebuild_done_.load(std::memory_order_acquire)) {
+        finish_rebuild();
+        any = true;
+    }
     for (auto it = inflight_.begin(); it != inflight_.end();) {
         if (wire::test_all(it->reqs)) {
             auto then = std::move(it->then);
@@ -106,8 +127,10 @@ bool engine_channels::progress() {
     return any;
 }
 
-void engine_channels::receive_pieces(int src, const std::vector<std::uint64_t>& lens, reply_landing to) {
+void engine_channels::receive_pieces(int src, const std::vector<std::uint64_t>& lens, reply_landing to, const awaited_reply& a) {
     inflight fl;
+    fl.from = src - 1;
+    fl.awaited = a;
     char* dest = to.dest;
     for (auto l : lens) {
         wire::irecv_bytes(dest, l, src, wire::tag_reply_piece, direct_, fl.reqs);
@@ -120,7 +143,8 @@ void engine_channels::receive_pieces(int src, const std::vector<std::uint64_t>& 
 // Replies come point to point from each engine in the order it ran its requests, which is the
 // order they were issued to it: awaited_[engine] says whose reply each one is.
 bool engine_channels::receive(const std::function<reply_landing(std::uint64_t, const awaited_reply&)>& land,
-                              const std::function<void(std::shared_ptr<proto::byte_buffer>)>& on_output) {
+                              const std::function<void(std::shared_ptr<proto::byte_buffer>)>& on_output,
+                              const std::function<void(int, std::uint64_t, std::uint64_t)>& on_epoch) {
     bool any = false;
     for (;;) {
         int flag = 0;
@@ -130,13 +154,21 @@ bool engine_channels::receive(const std::function<reply_landing(std::uint64_t, c
         if (!flag) return any;
         any = true;
         const int engine = st.MPI_SOURCE - 1;
-        if (st.MPI_TAG == wire::tag_output) {
-            // What a long request printed so far: straight on. It was sent before the request's
-            // reply, so it also reaches the client before it.
+        if (st.MPI_TAG == wire::tag_output || st.MPI_TAG == wire::tag_control) {
             int count = 0;
             MPI_Get_count(&st, MPI_BYTE, &count);
             auto bytes = std::make_shared<proto::byte_buffer>(static_cast<std::uint64_t>(std::max(count, 1)));
             wire::check(MPI_Mrecv(bytes->data(), count, MPI_BYTE, &msg, MPI_STATUS_IGNORE), "MPI_Mrecv");
+            if (st.MPI_TAG == wire::tag_control) {
+                wire::control_msg m;
+                if (count == sizeof m) {
+                    std::memcpy(&m, bytes->data(), sizeof m);
+                    if (m.kind == wire::control_kind::epoch_done) on_epoch(engine, m.a, m.b);
+                }
+                continue;
+            }
+            // What a long request printed so far: straight on. It was sent before the request's
+            // reply, so it also reaches the client before it.
             try {
                 if (!proto::is(proto::frame_view(bytes->data(), static_cast<std::size_t>(count)), proto::message_type::output))
                     throw proto::frame_error("not an output frame");
@@ -164,7 +196,7 @@ bool engine_channels::receive(const std::function<reply_landing(std::uint64_t, c
             wire::check(MPI_Mrecv(lens.data(), n, MPI_UINT64_T, &msg, MPI_STATUS_IGNORE), "MPI_Mrecv");
             std::uint64_t len = 0;
             for (auto l : lens) len += l;
-            receive_pieces(st.MPI_SOURCE, lens, land(len, a));
+            receive_pieces(st.MPI_SOURCE, lens, land(len, a), a);
             continue;
         }
         int count = 0;
@@ -173,10 +205,90 @@ bool engine_channels::receive(const std::function<reply_landing(std::uint64_t, c
         inflight fl;
         MPI_Request r;
         wire::check(MPI_Imrecv(to.dest, count, MPI_BYTE, &msg, &r), "MPI_Imrecv");
-        fl.reqs.push_back(r);
+        fl.reqs.push_back(r);  // a matched message: completes whatever happens to its sender
         fl.then = std::move(to.then);
         inflight_.push_back(std::move(fl));
     }
+}
+
+engine_channels::death_effects engine_channels::engine_died(int e, const std::vector<bool>& alive) {
+    death_effects fx;
+    alive_ = alive;
+    alive_[static_cast<std::size_t>(e)] = false;
+    auto& mine = awaited_[static_cast<std::size_t>(e)];
+    fx.lost.assign(mine.begin(), mine.end());
+    mine.clear();
+    for (auto it = inflight_.begin(); it != inflight_.end();) {
+        if (it->from == e && it->awaited) {
+            // Pieces of a large reply it was sending: they never come.
+            for (auto& r : it->reqs) {
+                MPI_Cancel(&r);
+                MPI_Wait(&r, MPI_STATUS_IGNORE);
+            }
+            fx.lost.push_back(*it->awaited);
+        } else if (it->from != e && it->from != -2) {
+            ++it;
+            continue;
+        }
+        // Sends to it, and every collective on the old communicator (the broadcast tree may
+        // run through it): they may never complete, and MPI may still use their memory.
+        abandoned_.push_back(it->keep);
+        it = inflight_.erase(it);
+    }
+    for (const auto& a : fx.lost)
+        if (a.shutdown) --shutdown_replies_left_;
+    epoch_issued_.push_back(collective_sent_);
+    fx.epoch = ++epoch_;
+    fx.collectives_issued = collective_sent_;
+    collective_whole_ = false;
+    // The survivors' collective communicator: every survivor's watch thread takes part at once,
+    // whatever its main thread is doing; until it exists, requests for all go direct.
+    if (rebuild_.joinable()) rebuild_.join();
+    rebuild_done_.store(false);
+    rebuilt_ranks_ = {0};
+    for (int x = 0; x < n_; ++x)
+        if (alive_[static_cast<std::size_t>(x)]) rebuilt_ranks_.push_back(x + 1);
+    rebuild_ = std::thread([this, epoch = fx.epoch] {
+        MPI_Group wg, g;
+        MPI_Comm_group(control_, &wg);
+        MPI_Group_incl(wg, static_cast<int>(rebuilt_ranks_.size()), rebuilt_ranks_.data(), &g);
+        MPI_Comm c = MPI_COMM_NULL;
+        if (MPI_Comm_create_group(control_, g, 100 + static_cast<int>(epoch), &c) != MPI_SUCCESS)
+            spdlog::error("cannot build the survivors' communicator; requests for all engines stay point to point");
+        MPI_Group_free(&wg);
+        MPI_Group_free(&g);
+        rebuilt_ = c;
+        rebuild_done_.store(true, std::memory_order_release);
+    });
+    return fx;
+}
+
+void engine_channels::finish_rebuild() {
+    rebuild_.join();
+    rebuild_done_.store(false);
+    if (rebuilt_ == MPI_COMM_NULL) return;
+    collective_ = rebuilt_;  // the old one is never freed: abandoned operations may still use it
+    std::fill(rank_of_.begin(), rank_of_.end(), -1);
+    for (std::size_t r = 1; r < rebuilt_ranks_.size(); ++r) rank_of_[static_cast<std::size_t>(rebuilt_ranks_[r] - 1)] = static_cast<int>(r);
+    collective_whole_ = true;
+    spdlog::debug("collective requests resume on the {} survivors' communicator", rebuilt_ranks_.size() - 1);
+}
+
+std::vector<awaited_reply> engine_channels::epoch_reached(int e, std::uint64_t done, std::uint64_t epoch) {
+    std::vector<awaited_reply> lost;
+    if (epoch == 0 || epoch > epoch_issued_.size()) return lost;
+    const std::uint64_t issued = epoch_issued_[epoch - 1];
+    auto& q = awaited_[static_cast<std::size_t>(e)];
+    for (auto it = q.begin(); it != q.end();) {
+        if (it->collective_seq > done && it->collective_seq <= issued) {
+            if (it->shutdown) --shutdown_replies_left_;
+            lost.push_back(*it);
+            it = q.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    return lost;
 }
 
 }  // namespace pcluster::controller

@@ -1,15 +1,25 @@
 // The controller's side of the MPI channels to the engines: issues requests (collective for
 // every engine, direct for some, see pcluster/mpi/envelope.hpp), keeps per engine the requests
 // awaiting its reply in issue order, and receives replies and streamed output.
+//
+// After an engine dies the collective communicator (which contains it) cannot be used again:
+// requests for every engine go direct to each survivor while a thread builds the survivors'
+// communicator with them (MPI_Comm_create_group: only survivors take part), and collectives
+// resume on it. Collective requests that were on their way when the engine died may never reach
+// some survivors (the broadcast tree may run through the dead one): each survivor reports how
+// many it completed (epoch_done), and the rest are answered for it (RequestLost).
 #pragma once
 
 #include <mpi.h>
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <list>
 #include <memory>
+#include <optional>
+#include <thread>
 #include <vector>
 
 #include "pcluster/mpi/job_comms.hpp"
@@ -27,6 +37,7 @@ struct awaited_reply {
     bool internal = false;  // the controller's own request: the reply is dropped
     bool shutdown = false;
     bool task = false;
+    std::uint64_t collective_seq = 0;  // its number on the collective channel (0: direct)
 };
 
 // Where a reply of some length is received into, and what to do once it is there.
@@ -38,41 +49,73 @@ struct reply_landing {
 class engine_channels {
 public:
     explicit engine_channels(const mpi_wire::job_comms& comms);
+    ~engine_channels();
 
-    // Sends a request to its targets (q.targets): collective when it goes to every engine,
-    // direct to each target otherwise. Every engine replays the controller's issue order.
+    // Sends a request to its live targets (q.targets): collective when it goes to every engine
+    // and the collective communicator is whole, direct to each target otherwise. Every engine
+    // replays the controller's issue order.
     void issue(const request& q);
-    // Advances transfers in flight; whether any completed.
+    // Advances transfers in flight and a rebuild; whether anything completed.
     bool progress();
     bool transferring() const { return !inflight_.empty(); }
     // Receives what the engines sent: each reply lands where land(len, awaited) says, each
-    // streamed output frame goes to on_output. Whether anything came.
+    // streamed output frame goes to on_output, each epoch report to on_epoch(engine, done,
+    // epoch). Whether anything came.
     bool receive(const std::function<reply_landing(std::uint64_t len, const awaited_reply&)>& land,
-                 const std::function<void(std::shared_ptr<protocol::byte_buffer>)>& on_output);
-    // The shutdown request went out and every engine answered it.
-    bool shutdown_done() const { return shutdown_issued_ && shutdown_replies_left_ == 0 && inflight_.empty(); }
+                 const std::function<void(std::shared_ptr<protocol::byte_buffer>)>& on_output,
+                 const std::function<void(int, std::uint64_t, std::uint64_t)>& on_epoch);
+    // The shutdown request went out and every engine answered it (or is dead).
+    bool shutdown_done() const { return shutdown_issued_ && shutdown_replies_left_ <= 0 && inflight_.empty(); }
+
+    // Engine `e` died: returns the requests that awaited its reply (to be answered for it),
+    // drops its transfers, and starts building the survivors' collective communicator.
+    // Returns also the epoch and how many collective requests were issued before it.
+    struct death_effects {
+        std::vector<awaited_reply> lost;
+        std::uint64_t epoch = 0;
+        std::uint64_t collectives_issued = 0;
+    };
+    death_effects engine_died(int e, const std::vector<bool>& alive);
+    // A survivor reached `epoch` having completed `done` collective requests: the ones after
+    // that, issued before the epoch began, never reach it; returns them (to be answered).
+    std::vector<awaited_reply> epoch_reached(int e, std::uint64_t done, std::uint64_t epoch);
+    bool alive(int e) const { return alive_[static_cast<std::size_t>(e)]; }
 
 private:
-    // An MPI operation in flight: when all `reqs` are done, `then` runs; `keep` holds the
-    // memory MPI reads or writes until then.
+    // An MPI operation in flight: when all `reqs` are done, `then` runs; `keep` holds the memory
+    // MPI reads or writes until then. `from`: the engine a receive waits on (-1: none).
     struct inflight {
         std::vector<MPI_Request> reqs;
         std::shared_ptr<void> keep;
         std::function<void()> then;
+        int from = -1;
+        std::optional<awaited_reply> awaited;  // the reply it receives, if any
     };
     void issue_collective(const request& q, const protocol::request_layout& l);
     void issue_direct(const request& q, const protocol::request_layout& l, std::size_t k);
-    awaited_reply awaited_of(const request& q, int engine) const;
-    void receive_pieces(int src, const std::vector<std::uint64_t>& lens, reply_landing to);
+    awaited_reply awaited_of(const request& q, int engine, std::uint64_t seq = 0) const;
+    void receive_pieces(int src, const std::vector<std::uint64_t>& lens, reply_landing to, const awaited_reply& a);
+    void finish_rebuild();
 
-    MPI_Comm collective_, direct_, reply_;
+    MPI_Comm collective_, direct_, reply_, control_;
     int n_;
+    std::vector<bool> alive_;
+    std::vector<int> rank_of_;  // engine -> its rank in the current collective communicator
     std::uint64_t collective_sent_ = 0;
     std::vector<std::uint64_t> direct_sent_;          // per engine
     std::vector<std::deque<awaited_reply>> awaited_;  // per engine, in issue order
     std::list<inflight> inflight_;
+    std::vector<std::shared_ptr<void>> abandoned_;    // buffers of transfers that never complete
     bool shutdown_issued_ = false;
     int shutdown_replies_left_ = 0;
+    // Epochs: one per death. epoch_issued_[k] = collective requests issued before epoch k+1.
+    std::uint64_t epoch_ = 0;
+    std::vector<std::uint64_t> epoch_issued_;
+    bool collective_whole_ = true;
+    std::thread rebuild_;
+    MPI_Comm rebuilt_ = MPI_COMM_NULL;
+    std::vector<int> rebuilt_ranks_;
+    std::atomic<bool> rebuild_done_{false};
 };
 
 }  // namespace pcluster::controller

@@ -12,13 +12,8 @@ namespace pcluster::controller {
 namespace proto = pcluster::protocol;
 
 namespace {
-std::vector<int> all_engines(int n) {
-    std::vector<int> v(static_cast<std::size_t>(n));
-    for (int i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = i;
-    return v;
-}
-
-void resolve_targets(request& q, int n_engines) {
+void resolve_targets(request& q, const std::vector<bool>& alive) {
+    const int n_engines = static_cast<int>(alive.size());
     std::set<int> seen;
     for (auto t : q.r.targets) {
         if (t < 0 || t >= n_engines)
@@ -33,13 +28,15 @@ void resolve_targets(request& q, int n_engines) {
         if (!q.r.part_bufs.empty()) throw refusal(proto::error_kind::bad_request, "a task has no parts");
         return;  // no targets: any engine (listing all of them would queue it on each)
     }
-    if (q.targets.empty()) q.targets = all_engines(n_engines);
-    if (q.shutdown() && q.targets.size() != static_cast<std::size_t>(n_engines))
+    if (q.targets.empty())
+        for (int e = 0; e < n_engines; ++e)
+            if (alive[static_cast<std::size_t>(e)]) q.targets.push_back(e);
+    if (q.shutdown() && !q.r.targets.empty())
         throw refusal(proto::error_kind::bad_request, "shutdown must target every engine");
 }
 }  // namespace
 
-request check_request(proto::received_frame f, int n_engines) {
+request check_request(proto::received_frame f, const std::vector<bool>& alive) {
     request q;
     try {
         if (proto::is(f.view(), proto::message_type::shm_frame)) {
@@ -54,7 +51,7 @@ request check_request(proto::received_frame f, int n_engines) {
         q.type = view.type();
         q.task = q.type == static_cast<std::uint16_t>(proto::message_type::task_request);
         if (q.type != static_cast<std::uint16_t>(proto::message_type::control_request)) {
-            resolve_targets(q, n_engines);
+            resolve_targets(q, alive);
             proto::layout_of(view, q.r, q.targets.empty() ? 1 : q.targets.size());
         }
     } catch (refusal& e) {
@@ -69,14 +66,14 @@ request check_request(proto::received_frame f, int n_engines) {
     return q;
 }
 
-request internal_request(proto::outgoing_frame out, int n_engines) {
+request internal_request(proto::outgoing_frame out, std::vector<int> targets) {
     const auto flat = out.flatten();
     auto bytes = std::make_shared<proto::byte_buffer>(flat.size());
     std::memcpy(bytes->data(), flat.data(), flat.size());
     request q;
     q.frame.bytes = std::move(bytes);
     q.type = proto::frame_view(q.frame.bytes->data(), q.frame.bytes->size()).type();
-    q.targets = all_engines(n_engines);
+    q.targets = std::move(targets);
     q.internal = true;
     return q;
 }

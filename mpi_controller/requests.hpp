@@ -33,11 +33,13 @@ struct refusal : std::runtime_error {
 };
 
 // Checks a request frame (or a shm_frame naming one) from the bridge: maps the shared memory,
-// decodes the route, resolves and checks the targets against n_engines and the buffer layout
-// against the frame. Throws refusal.
-request check_request(protocol::received_frame f, int n_engines);
+// decodes the route, resolves and checks the targets and the buffer layout against the frame.
+// No targets means every live engine (alive[e]); a dead engine named explicitly stays a target
+// (the controller answers for it). Throws refusal.
+request check_request(protocol::received_frame f, const std::vector<bool>& alive);
 
-// A request the controller makes itself (shutdown when a signal or the bridge's end stops the job).
-request internal_request(protocol::outgoing_frame f, int n_engines);
+// A request the controller makes itself (shutdown when a signal or the bridge's end stops the
+// job), for `targets`.
+request internal_request(protocol::outgoing_frame f, std::vector<int> targets);
 
 }  // namespace pcluster::controller

@@ -313,6 +313,12 @@ std::size_t scheduler::live() const {
     return impl_->tasks.size();
 }
 
+std::optional<int> scheduler::engine_of(task_id id) const {
+    auto it = impl_->tasks.find(id);
+    if (it == impl_->tasks.end() || it->second.state != task_state::sent) return std::nullopt;
+    return it->second.engine;
+}
+
 std::optional<outcome> scheduler::submit(task t, time_point now) {
     auto& m = *impl_;
     const std::string who = "task " + std::to_string(t.id) + ": ";

@@ -151,6 +151,8 @@ public:
     abort_report abort_client(std::uint32_t client);
 
     queue_status status() const;
+    // The engine task `id` was sent to, if it is there now (running or prefetched).
+    std::optional<int> engine_of(task_id id) const;
     int engines() const;
 
     // Changes the prefetch window (1..max_prefetch) from now on: an engine that holds more than

@@ -112,6 +112,14 @@ void task_farm::answer(const outcome& o, const std::string& why) {
                                           why.empty() ? o.evalue : why));
 }
 
+void task_farm::engine_died(int e, const std::string& how) {
+    for (auto o : sched_.on_engine_dead(e)) {
+        if (o.what == verdict::retried) continue;  // queued again: its request stays here
+        if (o.kind == error_kind::engine_died) o.evalue += " (" + how + ")";
+        answer(o);
+    }
+}
+
 void task_farm::abort_all(const std::string& why) {
     for (auto c : clients_)
         for (const auto& o : sched_.abort_client(c).dropped) answer(o, why);

@@ -33,6 +33,11 @@ public:
     std::optional<protocol::control_reply> control(const protocol::control_request& req);
     // Drops every queued task (the job is ending): each fails with TaskAborted, saying `why`.
     void abort_all(const std::string& why);
+    // Engine `e` died: its tasks are retried elsewhere (retries) or fail with EngineDied; its
+    // retried tasks' requests go out again through dispatch().
+    void engine_died(int e, const std::string& how);
+    // Where task `id` runs, if it was sent to an engine.
+    std::optional<int> engine_of(std::uint64_t id) const { return sched_.engine_of(id); }
 
     // Error replies the farm made (refusals, dropped tasks, their dependents), to send on.
     std::vector<protocol::engine_reply> take_answers() { return std::exchange(answers_, {}); }

@@ -5,13 +5,16 @@
 
 #include <spdlog/spdlog.h>
 
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <optional>
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include "output_capture.hpp"
+#include "watch.hpp"
 #include "pcluster/mpi/envelope.hpp"
 #include "pcluster/mpi/idle.hpp"
 #include "pcluster/mpi/job_comms.hpp"
@@ -83,10 +86,20 @@ public:
     engine(const wire::job_comms& comms, py::module_ kernel)
         : id_(comms.world.rank() - 1), n_(comms.n_engines()), kernel_(std::move(kernel)),
           collective_(comms.collective), direct_(comms.direct), reply_(comms.reply), envelope_(wire::envelope_layout(n_).size()),
-          direct_buf_(wire::direct_message_size), capture_(id_, reply_) {
+          direct_buf_(wire::direct_message_size), capture_(id_, reply_), watch_(comms, pthread_self()) {
         current_capture = &capture_;
+        // Every thread of ours exists now, with the interrupt signal blocked (launcher's main):
+        // only this one, which runs Python, takes it.
+        sigset_t s;
+        sigemptyset(&s);
+        sigaddset(&s, watch::interrupt_signal());
+        pthread_sigmask(SIG_UNBLOCK, &s, nullptr);
     }
-    ~engine() { current_capture = nullptr; }
+    ~engine() {
+        current_capture = nullptr;
+        py::gil_scoped_acquire gil;
+        graveyard_.clear();
+    }
 
     void run() {
         post_collective();
@@ -94,16 +107,23 @@ public:
         wire::backoff idle;
         std::optional<py::gil_scoped_release> nogil{std::in_place};
         while (!stop_) {
+            if (watch_.epoch() != epoch_) {
+                nogil.reset();
+                switch_epoch();
+                nogil.emplace();
+            }
             poll_both();
             // Each channel's next request runs once every request issued before it on the other
             // channel has run: that replays the controller's issue order.
             if (collective_ready_ && slot().direct_before <= direct_done_) {
                 nogil.reset();
-                run_collective();
+                const bool completed = run_collective();
                 nogil.emplace();
-                ++collective_done_;
-                collective_ready_ = false;
-                if (!stop_) post_collective();
+                if (completed) {  // else a peer died under it: the epoch switch comes next
+                    ++collective_done_;
+                    collective_ready_ = false;
+                    if (!stop_) post_collective();
+                }
                 idle.reset();
             } else if (direct_ready_ && dhead_.collective_before <= collective_done_) {
                 nogil.reset();
@@ -161,9 +181,47 @@ private:
         wire::wait_all(reqs);
     }
 
+    // A collective transfer stops at a peer's death: the broadcast tree may run through it.
+    struct collective_lost {};
+    void wait_collective(std::vector<MPI_Request>& reqs) {
+        py::gil_scoped_release nogil;
+        wire::backoff b;
+        while (!wire::test_all(reqs)) {
+            if (watch_.epoch() != epoch_) throw collective_lost{};
+            b.idle(true);
+        }
+    }
+
+    // Another engine died: the controller issued `collectives_issued` collective requests on the
+    // old communicators; those this engine has not completed never reach it (it tells the
+    // controller which, on the reply channel, after its earlier replies) and the next ones come
+    // on the survivors' communicator. Buffers MPI may still write into are kept for good.
+    void switch_epoch() {
+        const std::uint64_t e = watch_.epoch();
+        const auto c = watch_.change(e, std::chrono::seconds(30));
+        if (!c) throw std::runtime_error("the communicators of epoch " + std::to_string(e) + " were not built in time");
+        graveyard_envelopes_.push_back(std::move(envelope_));  // an abandoned receive may still land there
+        envelope_.assign(wire::envelope_layout(n_).size(), 0);
+        collective_req_ = MPI_REQUEST_NULL;
+        collective_ready_ = false;
+        const std::uint64_t done = collective_done_;
+        collective_done_ = std::max(collective_done_, c->collectives_issued);
+        collective_ = c->collective;
+        epoch_ = e;
+        wire::control_msg report{wire::control_kind::epoch_done, id_, done, e};
+        std::vector<MPI_Request> reqs;
+        wire::isend_bytes(&report, sizeof report, 0, wire::tag_control, reply_, reqs);
+        wire::wait_all(reqs);
+        kernel_.attr("rebind")(MPI_Comm_c2f(c->engines), c->alive);  // the GIL is held here
+        post_collective();
+        spdlog::debug("engine {}: epoch {}: {} collective requests done, {} issued before it; {} engines left", id_, e, done,
+                      c->collectives_issued, c->alive.size());
+    }
+
     // Every engine takes part in every collective request's broadcast and scatter; only the
     // targets run it.
-    void run_collective() {
+    // False when the request could not be received (a peer died under its broadcast).
+    bool run_collective() {
         const auto env = envelope();
         const auto h = env.head();
         const auto s = env.slot(id_);
@@ -186,11 +244,20 @@ private:
                 wire::irecv_bytes(data_of(*part), s.part_len, 0, wire::tag_collective_part, collective_, reqs);
             }
         }
-        wait(reqs);
-        if (!s.targeted) return;
+        try {
+            wait_collective(reqs);
+        } catch (const collective_lost&) {
+            // Never completes: MPI may still write into these; keep them. The controller learns
+            // at the epoch switch that this request did not reach us.
+            graveyard_.push_back(common);
+            if (part) graveyard_.push_back(*part);
+            return false;
+        }
+        if (!s.targeted) return true;
         const reply_parts reply = handle(common, part ? py::object(*part) : py::none());
         stop_ = is_shutdown(common);
         send(reply);
+        return true;
     }
 
     void run_direct() {
@@ -207,7 +274,9 @@ private:
             if (part) wire::irecv_bytes(data_of(*part), dhead_.part_len, 0, wire::tag_direct_data, direct_, reqs);
             wait(reqs);
         }
-        send(handle(common, part ? py::object(*part) : py::none()));
+        const reply_parts reply = handle(common, part ? py::object(*part) : py::none());
+        stop_ = is_shutdown(common);  // after a death the shutdown may come direct
+        send(reply);
     }
 
     void send(const reply_parts& reply) {
@@ -259,8 +328,12 @@ private:
     MPI_Request collective_req_ = MPI_REQUEST_NULL, direct_req_ = MPI_REQUEST_NULL;
     wire::direct_head dhead_{};
     output_capture capture_;
+    watch watch_;
     bool collective_ready_ = false, direct_ready_ = false, stop_ = false;
     std::uint64_t collective_done_ = 0, direct_done_ = 0;
+    std::uint64_t epoch_ = 0;  // deaths seen: which collective communicator is current
+    std::vector<py::object> graveyard_;                 // buffers of abandoned receives
+    std::vector<std::vector<char>> graveyard_envelopes_;
 };
 
 }  // namespace
@@ -288,6 +361,7 @@ int run(MPI_Comm world) {
         spdlog::critical("engine {}: cannot start Python kernel: {}", comms.world.rank() - 1, fatal);
         MPI_Abort(world, 3);
     }
+    install_fatal_signal_handlers();  // after MPI_Init: Open MPI's own handlers come next in line
     engine(comms, kernel).run();
     return 0;
 }

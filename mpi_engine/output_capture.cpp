@@ -2,13 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
-#include <pybind11/embed.h>
-
 #include "pcluster/mpi/wire.hpp"
 #include "pcluster/protocol/codec.hpp"
 #include "pcluster/protocol/config.hpp"
-
-namespace py = pybind11;
 
 namespace pcluster::engine {
 
@@ -111,33 +107,3 @@ void output_capture::send_chunk() {
 
 }  // namespace pcluster::engine
 
-// The engine's side of output capture, for pcluster._kernel (which also runs where no engine
-// is: then nothing is captured).
-PYBIND11_EMBEDDED_MODULE(_pcluster_engine, m) {
-    using pcluster::engine::current_capture;
-    m.def("begin", [](std::uint64_t id, bool capture) {
-        if (current_capture) current_capture->begin(id, capture);
-    });
-    m.def("write", [](int stream, std::string_view text) { return current_capture && current_capture->write(stream, text); });
-    // (stdout, stderr) not yet streamed, or None when both are empty (most requests: no
-    // strings to make).
-    m.def("finish", []() -> py::object {
-        auto* c = current_capture;
-        if (!c) return py::none();
-        std::unique_lock send(c->send_mutex(), std::try_to_lock);
-        std::pair<std::string, std::string> out;
-        if (send.owns_lock()) {
-            out = c->finish(send);
-        } else {
-            py::gil_scoped_release nogil;  // the streaming thread is sending a chunk: wait for it
-            send.lock();
-            out = c->finish(send);
-        }
-        if (out.first.empty() && out.second.empty()) return py::none();
-        auto text = [](const std::string& b) {  // what user code wrote was str: decodes, but never raise here
-            return py::reinterpret_steal<py::object>(
-                PyUnicode_DecodeUTF8(b.data(), static_cast<Py_ssize_t>(b.size()), "replace"));
-        };
-        return py::make_tuple(text(out.first), text(out.second));
-    });
-}

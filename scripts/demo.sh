@@ -9,8 +9,8 @@ bash scripts/build.sh
 cmake --install build >/dev/null
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 conn="$(mktemp -d)/connection.json"
-echo "+ mpirun -n 5 --oversubscribe pcluster --connection-file $conn &"
-mpirun -n 5 --oversubscribe pcluster --connection-file "$conn" &
+echo "+ mpirun --enable-recovery -n 5 --oversubscribe pcluster --connection-file $conn &"
+mpirun --enable-recovery -n 5 --oversubscribe pcluster --connection-file "$conn" &
 job=$!
 trap 'kill $job 2>/dev/null || true' EXIT
 echo "+ /usr/bin/python3 examples/demo.py $conn"

@@ -6,6 +6,8 @@ import functools
 import io
 import itertools
 import linecache
+import os
+import signal
 import sys
 import time
 import traceback
@@ -64,15 +66,60 @@ _stdout = _stderr = None
 
 
 def start(engine_id, num_engines, comm_handle):
-    global _id, _stdout, _stderr
+    global _id, _stdout, _stderr, _interrupt_signal
     _id = engine_id
     engine.engine_id = engine_id
     engine.num_engines = num_engines
+    engine.engines = list(range(num_engines))
     engine._comm_handle = comm_handle
     _ns.setdefault("__builtins__", __builtins__)
     if _capture is not None:
         _stdout = _CapturedStream(1, sys.__stdout__)
         _stderr = _CapturedStream(2, sys.__stderr__)
+        _interrupt_signal = _capture.interrupt_signal()
+        signal.signal(_interrupt_signal, _on_interrupt)
+        signal.signal(signal.SIGINT, _on_sigint)
+        os._exit = _exit_with_last_words
+
+
+# --- interrupts and last words ------------------------------------------------------------------
+_current = 0  # the request running now (0: none)
+_interrupt_signal = None
+
+
+def _on_interrupt(signum, frame):
+    """The engine's interrupt signal (sent by its watch thread, to this thread only): raise
+    KeyboardInterrupt in the running request if the interrupt is for it - a signal that arrives
+    late, after that request ended, is dropped rather than hitting the next one."""
+    if _current and _capture.take_interrupt(_current):
+        raise KeyboardInterrupt(f"interrupted on engine {_id}")
+
+
+def _on_sigint(signum, frame):
+    """kill -INT on an engine interrupts the request running there, and nothing else: between
+    requests it is ignored (Python's default would leave it pending for the next request)."""
+    if _current:
+        raise KeyboardInterrupt(f"SIGINT on engine {_id}")
+
+
+_real_exit = os._exit
+
+
+def _exit_with_last_words(code):
+    """os._exit on an engine: tell the controller the exit code first (it reports how the engine
+    died), then exit."""
+    try:
+        _capture.last_words(int(code))
+    except BaseException:  # noqa: B036 - exiting anyway
+        pass
+    _real_exit(code)
+
+
+def rebind(comm_handle, alive):
+    """Another engine died: pcluster.engine.comm is now the survivors' communicator."""
+    engine._comm_handle = comm_handle
+    engine._comm = None
+    engine.engines = list(alive)
 
 
 def _lookup(name):
@@ -289,6 +336,7 @@ def handle(frame, part):
     bufs = []
     execute_result = None
     capturing = False
+    global _current
     try:
         msg, shared, parts = _core.decode_request(frame, part, _id)
         msg_id = msg.r.id
@@ -297,6 +345,9 @@ def handle(frame, part):
             _capture.begin(msg_id, capturing)
             if capturing and (sys.stdout is not _stdout or sys.stderr is not _stderr):
                 sys.stdout, sys.stderr = _stdout, _stderr
+            if signal.getsignal(_interrupt_signal) is not _on_interrupt:  # user code replaced it
+                signal.signal(_interrupt_signal, _on_interrupt)
+            _current = msg_id
         result = _handlers[type(msg)](msg, shared, parts)
         if type(result) is _ExecuteResult:
             execute_result = str(result)
@@ -305,7 +356,11 @@ def handle(frame, part):
             bufs = serialize.dumps(result)
         except Exception as e:
             raise TypeError(f"the result cannot be sent back: it cannot be pickled ({type(e).__name__}: {e})") from e
-        rep = _core.engine_reply(id=msg_id, engine=_id, execute_result=execute_result)
+        rep = _Reply()  # attribute sets: cheaper than the keyword constructor on this hot path
+        rep.id = msg_id
+        rep.engine = _id
+        if execute_result is not None:
+            rep.execute_result = execute_result
     except BaseException as e:  # noqa: B036 - the boundary must catch SystemExit/KeyboardInterrupt too
         bufs = []
         ename, evalue = type(e).__name__, _safe_str(e)
@@ -315,15 +370,17 @@ def handle(frame, part):
             tb = [f"{ename}: {evalue}\n"]
         rep = _core.error_reply(msg_id, _ENGINE, _id, _NO_KIND, ename, evalue, tb)
     finally:
+        _current = 0
         _flush_streams()
-        if capturing:
-            out = _capture.finish()
-            if out is not None:  # None: nothing was printed
+        if _capture is not None:
+            out = _capture.finish()  # also: the request no longer runs, for interrupts
+            if capturing and out is not None:  # None: nothing was printed
                 rep.stdout_text, rep.stderr_text = out
     rep.started = started
     rep.completed = time.time()
     return [_core.encode_reply(rep, bufs)] + bufs
 
 
+_Reply = _core.engine_reply
 _ENGINE = _core.reply_origin.engine
 _NO_KIND = _core.error_kind.none

@@ -202,9 +202,18 @@ class AsyncResult(concurrent.futures.Future):
                 self._taken = None
                 return True
         except KeyboardInterrupt:
+            if getattr(self._client, "ctrl_c_interrupts", False) and not self.done():
+                try:
+                    self.interrupt()
+                except Exception:  # the job may be gone; the Ctrl-C still stops the wait
+                    pass
+                raise KeyboardInterrupt(
+                    f"interrupted while waiting for {self._method}, and the engines' code was interrupted too "
+                    f"(rc.ctrl_c_interrupts); get() on the same AsyncResult collects the outcome"
+                ) from None
             raise KeyboardInterrupt(
                 f"interrupted while waiting for {self._method}: the engines keep working on it; "
-                f"get() on the same AsyncResult collects the result later"
+                f"get() on the same AsyncResult collects the result later (ar.interrupt() stops it there)"
             ) from None
         if self.done():
             return True
@@ -265,6 +274,16 @@ class AsyncResult(concurrent.futures.Future):
         if self.done():
             return 0
         return self._client._abort([self.msg_id])
+
+    def interrupt(self):
+        """Raise KeyboardInterrupt in this request's code where it runs now (a task: on the
+        engine it was sent to); the engines serve on. Returns the engine ids told (none when it
+        is not running: queued work is dropped with abort())."""
+        if self.done():
+            return []
+        targets = [] if getattr(self, "_is_task", False) else [t for t in self._targets if t is not None]
+        rep = self._client._control(_core.control_action.interrupt, [self.msg_id], targets)
+        return sorted({q.engine for q in rep.engines})
 
     @property
     def engine_id(self):

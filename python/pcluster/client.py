@@ -137,8 +137,10 @@ class Client:
         self._client_no = self._conn.client_no
         self._issued = 0  # the low 32 bits of the newest request id
         self._lock = threading.Lock()
-        self._engines = {e.id: e for e in self._conn.engines}
-        self._ids = sorted(self._engines)
+        self._engines = {e.id: e for e in self._conn.engines}  # every engine the job started with
+        self._ids = sorted(e.id for e in self._engines.values() if e.alive)
+        self._death_callbacks = []
+        self.ctrl_c_interrupts = _core.setting("PCLUSTER_CTRL_C_INTERRUPTS")
         self.block = True
         # What requests print on the engines comes back with their results (ar.stdout, %px).
         self.capture_output = True
@@ -151,18 +153,54 @@ class Client:
     # --- engines ---
     @property
     def ids(self):
-        """Engine ids, 0..N-1 (engine k is MPI rank k+1)."""
+        """Ids of the live engines (engine k is MPI rank k+1; a dead engine leaves this list)."""
         return list(self._ids)
 
+    @property
+    def engines(self):
+        """Every engine the job started with: {id: info} with .host, .pid, .alive and, for a dead
+        one, .death (how it died)."""
+        return dict(self._engines)
+
+    @property
+    def dead_engines(self):
+        """{id: how it died} for the engines that died."""
+        return {i: e.death for i, e in self._engines.items() if not e.alive}
+
+    def on_engine_died(self, callback):
+        """callback(engine_id, how) runs (on the client's result thread) when an engine dies;
+        engines already dead are reported at once. Returns the callback (usable as a decorator)."""
+        self._death_callbacks.append(callback)
+        for i, how in self.dead_engines.items():
+            callback(i, how)
+        return callback
+
+    def _engine_event(self, ev):
+        """An engine's news from the job (a death): ids, views over all engines and the task farm
+        move on without it; callbacks run."""
+        info = ev.engine
+        self._engines[info.id] = info
+        if not info.alive:
+            self._ids = [i for i in self._ids if i != info.id]
+            for cb in list(self._death_callbacks):
+                try:
+                    cb(info.id, info.death)
+                except Exception as e:  # a callback's bug must not stop the result thread
+                    import traceback
+
+                    traceback.print_exception(e)
+
     def __len__(self):
-        return len(self._engines)
+        return len(self._ids)
 
     def __repr__(self):
         return f"<pcluster.Client job={self._conn.job_id} engines={len(self)}>"
 
     def _check_id(self, i):
         if i not in self._engines:
-            raise IndexError(f"no engine {i}: this job has engines {self._ids[0]}..{self._ids[-1]}")
+            raise IndexError(f"no engine {i}: this job has engines 0..{len(self._engines) - 1}")
+        if not self._engines[i].alive:
+            raise IndexError(f"engine {i} died ({self._engines[i].death}); the live engines are {self._ids}")
         return i
 
     def _resolve(self, targets):
@@ -181,13 +219,17 @@ class Client:
         return ids
 
     def __getitem__(self, key):
-        """rc[0] (one engine: scalar results), rc[:], rc[1:3], rc[[0, 2]] (lists of results)."""
+        """rc[0] (one engine: scalar results), rc[:] (every live engine, also after one died),
+        rc[1:3], rc[[0, 2]] (lists of results)."""
         if isinstance(key, numbers.Integral):
             return DirectView(self, self._check_id(int(key)))
+        if key == slice(None):
+            return DirectView(self, "all")
         return DirectView(self, self._resolve(key))
 
     def direct_view(self, targets="all"):
-        return DirectView(self, self._resolve(targets))
+        """A DirectView; 'all' follows the live engines."""
+        return DirectView(self, "all" if targets in ("all", None) else self._resolve(targets))
 
     # --- requests ---
     def _new_request(self, msg, bufs, wire_targets, ar_targets, method, direct, **ar_args):
@@ -199,7 +241,7 @@ class Client:
         ar = AsyncResult(self, msg_id, ar_targets, method, **ar_args)
         self._pending[msg_id] = ar
         try:
-            self._conn.send(msg, bufs, direct, msg_id, wire_targets, self._capture_flag)
+            self._conn.send(msg, bufs, direct, msg_id, wire_targets, self._capture_flag, len(ar_targets))
         except ConnectionError as e:
             self._pending.pop(msg_id, None)
             raise JobEndedError(f"cannot send {method}: {self._conn.close_reason or e}") from None
@@ -217,8 +259,10 @@ class Client:
     def capture_output(self, on):
         self._capture_flag = _core.capture_output if on else 0
 
-    def _submit(self, msg, bufs, ids, method, single=False, post=None, block=False, flat=False):
-        wire = [] if len(ids) == len(self._ids) and ids == self._ids else ids
+    def _submit(self, msg, bufs, ids, method, single=False, post=None, block=False, flat=False, explicit=False):
+        """explicit: name the targets on the wire even when they are every live engine (a
+        request with one part per target must not meet a job that lost an engine meanwhile)."""
+        wire = [] if not explicit and len(ids) == len(self._ids) and ids == self._ids else ids
         return self._new_request(msg, bufs, wire, ids, method, block, single=single, post=post, flat=flat)
 
     def _submit_task(self, msg, bufs, targets, method):
@@ -228,10 +272,18 @@ class Client:
         ar._is_task = True
         return ar
 
-    def _control(self, action, ids=()):
+    def _control(self, action, ids=(), targets=()):
         """A request the controller answers itself; its control_reply."""
         msg = _core.control_request(action=action, ids=list(ids))
-        return self._new_request(msg, [], [], ["controller"], "control", True, single=True).get(30)
+        return self._new_request(msg, [], list(targets), ["controller"], "control", True, single=True).get(30)
+
+    def interrupt(self, targets=None):
+        """Raise KeyboardInterrupt in the code running on `targets` (default: every live engine),
+        as Ctrl-C would locally: the engines keep their namespaces and serve the next request.
+        Engines with nothing running are not disturbed. Returns the engine ids told."""
+        ids = self.ids if targets is None else self._resolve(targets)
+        rep = self._control(_core.control_action.interrupt, (), ids)
+        return [q.engine for q in rep.engines]
 
     def _abort(self, ids):
         rep = self._control(_core.control_action.abort, ids)
@@ -277,6 +329,8 @@ class Client:
         conn = self._conn
         while True:
             ids = conn.next_completed(0.5)
+            for ev in conn.take_events():
+                self._engine_event(ev)
             for msg_id in ids:
                 ar = self._pending.get(msg_id)
                 try:

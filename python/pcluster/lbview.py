@@ -23,6 +23,7 @@ from .asyncresult import AsyncResult
 from .mapresult import AsyncMapResult
 
 _CALL, _MAP_CHUNK = _core.task_kind.call, _core.task_kind.map_chunk
+_PLAIN_TASK = {k: _core.task_request(kind=k) for k in (_CALL, _MAP_CHUNK)}
 _FLAGS = ("after", "follow", "retries", "timeout", "targets")
 
 
@@ -96,14 +97,14 @@ class LoadBalancedView:
         if not isinstance(r, numbers.Integral) or r < 0:
             raise ValueError(f"retries must be a whole number >= 0, not {r!r}")
         t = self.timeout if timeout is None else timeout
-        msg = _core.task_request(
-            kind=kind,
-            after=self._checked_deps(self.after if after is None else after),
-            follow=self._checked_deps(self.follow if follow is None else follow),
-            retries=int(r),
-            timeout=0.0 if t is None or t < 0 else float(t),
-            return_exceptions=return_exceptions,
-        )
+        after = self._checked_deps(self.after if after is None else after)
+        follow = self._checked_deps(self.follow if follow is None else follow)
+        timeout = 0.0 if t is None or t < 0 else float(t)
+        if not (after or follow or r or timeout or return_exceptions):
+            msg = _PLAIN_TASK[kind]  # sent as a copy: one prebuilt message serves every plain task
+        else:
+            msg = _core.task_request(kind=kind, after=after, follow=follow, retries=int(r), timeout=timeout,
+                                     return_exceptions=return_exceptions)
         return self.client._submit_task(msg, bufs, self.targets, method)
 
     def _checked_deps(self, deps):

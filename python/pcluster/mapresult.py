@@ -104,6 +104,16 @@ class AsyncMapResult(AsyncResult):
     def __len__(self):
         return len(self._children)
 
+    def interrupt(self):
+        """Interrupt the chunks running now (see AsyncResult.interrupt); returns the engines told."""
+        running = [c.msg_id for c in self._children if not c.done()]
+        if not running:
+            return []
+        from . import _core
+
+        rep = self._client._control(_core.control_action.interrupt, running, [])
+        return sorted({q.engine for q in rep.engines})
+
     def abort(self):
         """Drops the chunks not yet sent to an engine (they fail with TaskAborted); returns the
         number aborted. Chunks already running finish."""

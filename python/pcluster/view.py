@@ -50,14 +50,29 @@ class DirectView:
 
     def __init__(self, client, targets, block=True):
         self.client = client
-        self.targets = targets
+        self._targets = targets  # an id, a list of ids, or "all": every live engine when used
         self.block = block
 
+    @property
+    def targets(self):
+        """The engines it addresses: an id, or a list (the live engines for rc[:])."""
+        return self.client.ids if self._targets == "all" else self._targets
+
+    @targets.setter
+    def targets(self, value):
+        self._targets = value
+
     def __repr__(self):
-        return f"<DirectView {self.targets}>"
+        return f"<DirectView {'all' if self._targets == 'all' else self._targets}>"
 
     def __len__(self):
         return 1 if isinstance(self.targets, numbers.Integral) else len(self.targets)
+
+    def interrupt(self):
+        """Raise KeyboardInterrupt in the code running on this view's engines (see
+        Client.interrupt); returns the engine ids told."""
+        t = self.targets
+        return self.client.interrupt([t] if isinstance(t, numbers.Integral) else t)
 
     def activate(self, suffix=""):
         """Makes %px, %%px, %autopx, %pxresult and %pxconfig (each name + suffix) run on this
@@ -89,7 +104,7 @@ class DirectView:
             for p in parts:
                 bufs.extend(p)
         block = self.block if block is None else block
-        ar = self.client._submit(msg, bufs, ids, method, single and post is None, post, block, flat)
+        ar = self.client._submit(msg, bufs, ids, method, single and post is None, post, block, flat, explicit=parts is not None)
         if not block:
             return ar
         value = ar.get()

@@ -269,6 +269,10 @@ void connection::file(proto::received_frame f) {
         table_.file_output(proto::decode<proto::output>(v));
         return;
     }
+    if (proto::is(v, proto::message_type::engine_event)) {
+        table_.file_event(proto::decode<proto::engine_event>(v));
+        return;
+    }
     auto r = std::make_shared<reply>();
     if (proto::is(v, proto::message_type::control_reply)) {
         r->control = proto::decode<proto::control_reply>(v);

@@ -101,13 +101,14 @@ py::class_<T, Extra...> bind_struct(py::module_& m, const char* name) {
     return cls;
 }
 
-// Sends `msg` as request `id` to `targets` (empty: all engines, or any for a task) with the route
-// flags `flags` added; a request without parts that names no shared_bufs shares all its buffers.
-// The route is filled in here, on the copy that is sent: one call from Python instead of an
+// Sends `msg` as request `id` to `targets` (empty: every live engine, or any for a task) with the
+// route flags `flags` added, expecting `replies` replies (one per target; a task or a control
+// request: one); a request without parts that names no shared_bufs shares all its buffers. The
+// route is filled in here, on the copy that is sent: one call from Python instead of an
 // attribute set each.
 template <class T>
 void send_as(connection& c, const T& msg_in, py::list bufs, bool direct, std::uint64_t id,
-             std::vector<std::int32_t> targets, std::uint32_t flags) {
+             std::vector<std::int32_t> targets, std::uint32_t flags, std::size_t replies) {
     std::vector<py::buffer_info> infos;
     auto spans = spans_of(bufs, infos);
     T msg = msg_in;
@@ -117,10 +118,6 @@ void send_as(connection& c, const T& msg_in, py::list bufs, bool direct, std::ui
     if (msg.r.part_bufs.empty() && msg.r.shared_bufs == 0) msg.r.shared_bufs = static_cast<std::uint32_t>(spans.size());
     if (c.local()) msg.r.flags |= proto::reply_by_shm;
     auto frame = proto::encode(msg, std::move(spans));
-    // A task gets one reply (from whichever engine runs it), a control request one from the
-    // controller; other requests one per target.
-    constexpr bool one_reply = std::is_same_v<T, proto::task_request> || std::is_same_v<T, proto::control_request>;
-    const std::size_t replies = one_reply ? 1 : msg.r.targets.empty() ? c.engines().size() : msg.r.targets.size();
     if (!direct && frame.size() <= 4096) {
         // Queued (copied) for the writer thread: no system call, so no reason to drop the GIL.
         c.send(msg.r.id, replies, frame, false);
@@ -408,6 +405,7 @@ PYBIND11_MODULE(_core, m) {
             },
             py::arg("id"), py::arg("n"), py::arg("timeout"))
         .def("take_output", [](connection& c, std::uint64_t id) { return output_list(c.requests().take_output(id)); })
+        .def("take_events", [](connection& c) { return c.requests().take_events(); })
         .def("release", &connection::release)
         .def_property_readonly("closed", [](connection& c) { return c.requests().closed(); })
         .def_property_readonly("close_reason", [](connection& c) { return c.requests().close_reason(); })

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <system_error>
+#include <utility>
 
 namespace pcluster::client {
 
@@ -81,9 +82,22 @@ bool request_table::pending(std::uint64_t id) {
     return requests_.count(id) != 0;
 }
 
+void request_table::file_event(proto::engine_event ev) {
+    {
+        std::lock_guard lk(mu_);
+        events_.push_back(std::move(ev));
+    }
+    done_cv_.notify_all();
+}
+
+std::vector<proto::engine_event> request_table::take_events() {
+    std::lock_guard lk(mu_);
+    return std::exchange(events_, {});
+}
+
 std::vector<std::uint64_t> request_table::next_completed(time_point deadline) {
     std::unique_lock lk(mu_);
-    done_cv_.wait_until(lk, deadline, [&] { return !completed_.empty() || closed_; });
+    done_cv_.wait_until(lk, deadline, [&] { return !completed_.empty() || !events_.empty() || closed_; });
     std::vector<std::uint64_t> out(completed_.begin(), completed_.end());
     completed_.clear();
     return out;

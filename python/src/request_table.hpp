@@ -62,9 +62,12 @@ public:
     std::optional<completion> take(std::uint64_t id);
     // Whether `id` is still here (added, not yet taken).
     bool pending(std::uint64_t id);
-    // Ids of requests completed with nobody waiting on them, waiting until there is one, the
-    // table closes or `deadline`.
+    // Ids of requests completed with nobody waiting on them, waiting until there is one, an
+    // engine event comes, the table closes or `deadline`.
     std::vector<std::uint64_t> next_completed(time_point deadline);
+    // News of engines (a death), in arrival order, for the client's result thread.
+    void file_event(protocol::engine_event ev);
+    std::vector<protocol::engine_event> take_events();
     // Waits until `id` has at least `n` replies (or is complete, gone, closed, or `deadline`);
     // the replies so far, not taken.
     std::vector<reply_ptr> wait_count(std::uint64_t id, std::size_t n, time_point deadline);
@@ -97,6 +100,7 @@ private:
     std::condition_variable done_cv_;  // next_completed
     std::unordered_map<std::uint64_t, request> requests_;
     std::deque<std::uint64_t> completed_;
+    std::vector<protocol::engine_event> events_;
     bool closed_ = false;
     std::string reason_;
 };

@@ -85,10 +85,13 @@ class MpirunLauncher:
         # Open MPI refuses more ranks than cores without --oversubscribe (CI machines are small).
         self.openmpi = "Open MPI" in out or "OpenRTE" in out
 
-    def command(self, nranks, args):
+    def command(self, nranks, args, recovery=True):
+        """recovery: the job survives an engine's death (the documented way to start pcluster)."""
         cmd = [self.mpirun, "-n", str(nranks)]
         if self.openmpi:
             cmd.append("--oversubscribe")
+            if recovery:
+                cmd.append("--enable-recovery")
         return cmd + [pcluster_exe()] + list(args)
 
 
@@ -118,11 +121,11 @@ def launcher(request):
 class Job:
     """A running (or finished) pcluster job started by the tests."""
 
-    def __init__(self, launcher, path, nranks=NUM_ENGINES + 1, extra_args=(), log=None, env=None):
+    def __init__(self, launcher, path, nranks=NUM_ENGINES + 1, extra_args=(), log=None, env=None, recovery=True):
         self.path = Path(path)
         self.nranks = nranks
         self.log = Path(log) if log else self.path.with_name(self.path.name + ".log")
-        self.cmd = launcher.command(nranks, ["--connection-file", str(self.path), *extra_args])
+        self.cmd = launcher.command(nranks, ["--connection-file", str(self.path), *extra_args], recovery=recovery)
         # A file already there (stale, or another job's) is not this job's: wait_ready skips it.
         try:
             self._before = self.path.read_bytes()
@@ -234,13 +237,14 @@ def job(launcher, tmp_path_factory):
 
 @pytest.fixture
 def start_job(launcher, tmp_path):
-    """start_job(nranks=3, path=None, extra_args=(), wait=True) -> Job; ended after the test."""
+    """start_job(nranks=3, path=None, extra_args=(), wait=True, env=None, recovery=True) -> Job;
+    ended after the test."""
     jobs = []
 
-    def start(nranks=3, path=None, extra_args=(), wait=True, env=None):
+    def start(nranks=3, path=None, extra_args=(), wait=True, env=None, recovery=True):
         path = Path(path) if path else tmp_path / f"conn{len(jobs)}.json"
         log = tmp_path / f"job{len(jobs)}.log"
-        j = Job(launcher, path, nranks, extra_args, log=log, env=env)
+        j = Job(launcher, path, nranks, extra_args, log=log, env=env, recovery=recovery)
         jobs.append(j)
         if wait:
             j.wait_ready()

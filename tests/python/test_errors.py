@@ -579,7 +579,8 @@ def test_bad_options(args, expect):
 
 
 def test_one_rank_fails_clearly(start_job):
-    j = start_job(1, wait=False)
+    # Without recovery: with it, mpirun's exit status says nothing (it is 0 whatever ranks did).
+    j = start_job(1, wait=False, recovery=False)
     code = j.wait_exit(60)
     assert code is not None, f"a one-rank job did not give up\n{j.describe()}"
     assert code != 0, j.describe()
@@ -615,7 +616,7 @@ def test_two_jobs_have_different_keys(job, start_job):
 
 def test_second_job_same_connection_file(job, start_job):
     before = job.path.read_text()
-    second = start_job(3, path=job.path, wait=False)
+    second = start_job(3, path=job.path, wait=False, recovery=False)  # recovery makes mpirun exit 0 whatever happened
     code = second.wait_exit(60)
     assert code is not None, f"the second job did not give up\n{second.describe()}"
     assert code != 0
@@ -630,7 +631,7 @@ def test_second_job_same_connection_file(job, start_job):
 
 def test_port_in_use(job, start_job):
     port = json.loads(job.path.read_text())["port"]
-    second = start_job(3, extra_args=["--port", str(port)], wait=False)
+    second = start_job(3, extra_args=["--port", str(port)], wait=False, recovery=False)  # recovery makes mpirun exit 0 whatever happened
     code = second.wait_exit(60)
     assert code is not None, f"the job did not give up\n{second.describe()}"
     assert code != 0
@@ -639,7 +640,7 @@ def test_port_in_use(job, start_job):
 
 
 def test_bad_ip(start_job):
-    j = start_job(3, extra_args=["--ip", "not-an-address"], wait=False)
+    j = start_job(3, extra_args=["--ip", "not-an-address"], wait=False, recovery=False)  # recovery makes mpirun exit 0 whatever happened
     code = j.wait_exit(60)
     assert code is not None, f"the job did not give up\n{j.describe()}"
     assert code != 0
@@ -649,7 +650,7 @@ def test_bad_ip(start_job):
 def test_unwritable_connection_file(start_job, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    j = start_job(3, path=blocker / "conn.json", wait=False)
+    j = start_job(3, path=blocker / "conn.json", wait=False, recovery=False)  # recovery makes mpirun exit 0 whatever happened
     code = j.wait_exit(60)
     assert code is not None, f"the job did not give up\n{j.describe()}"
     assert code != 0
@@ -753,16 +754,19 @@ def test_ctrl_c_ends_job(start_job):
         c.close()
 
 
-def test_engine_process_dying_ends_job_without_hang(start_job):
-    """os._exit on an engine kills that MPI rank: nothing can keep the job, but the client must get
-    an error rather than hang, and the job must end and remove its connection file."""
-    j = start_job(3)
+def test_engine_dying_without_recovery_ends_job_and_says_why(start_job):
+    """Started without recovery (plain mpirun), an engine's death ends the job: the client gets
+    the engine's own error, then learns which engine died and how, and why the job ended; the
+    job ends and removes its connection file."""
+    j = start_job(3, recovery=False)
     c = pcluster.Client(str(j.path))
     try:
         ar = c[0].execute("import os; os._exit(1)", block=False)
-        with pytest.raises((pcluster.JobEndedError, pcluster.RemoteError)):
+        with pytest.raises(pcluster.EngineDied, match=r"engine 0 \(.*pid \d+\) exited with code 1"):
             ar.get(60)
-        assert j.wait_exit(60) is not None, j.describe()
+        assert j.wait_exit(60) is not None, j.describe()  # mpirun ends the job a moment later
+        with pytest.raises(pcluster.JobEndedError, match="engine 0 .*exited with code 1.*--enable-recovery"):
+            c[1].apply_sync(lambda: 1)
         deadline = time.monotonic() + 10
         while j.path.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -783,7 +787,7 @@ def test_request_with_empty_parts_does_not_harm_the_job(rc):
         msg.r.targets = targets
         n = len(targets) or len(IDS)
         msg.r.part_bufs = [0] * n
-        rc._conn.send(msg, [], True, msg.r.id, list(msg.r.targets), 0)
+        rc._conn.send(msg, [], True, msg.r.id, list(msg.r.targets), 0, n)
         outcome = rc._conn.wait_take(msg.r.id, 30)
         assert outcome is not None, "no reply within 30 s"
         replies, _ = outcome
@@ -797,7 +801,7 @@ def test_layout_that_does_not_add_up_is_refused(rc):
     msg = _core.push_request()
     msg.r.id = (rc._conn.client_no << 32) | 0xFFFF1000
     msg.r.shared_bufs = 3  # but no buffers are sent
-    rc._conn.send(msg, [], True, msg.r.id, [], 0)
+    rc._conn.send(msg, [], True, msg.r.id, [], 0, len(IDS))
     outcome = rc._conn.wait_take(msg.r.id, 30)
     assert outcome is not None, "no reply within 30 s"
     (reply,), _ = outcome

@@ -103,11 +103,16 @@ TEST_CASE("scatter plan: counts and displacements by rank, relative to the first
     const auto b = make_request({2, 0}, {1, 1}, 7);
     const auto l = layout_of(frame_view(b.bytes.data(), b.bytes.size()), b.r, 2);
     wire::scatter_plan p;
-    REQUIRE(wire::plan_scatter(3, l, {2, 0}, &p));
+    REQUIRE(wire::plan_scatter(4, l, {2, 0}, {1, 2, 3}, &p));
     CHECK(p.counts == std::vector<int>{0, 7, 0, 7});  // rank 0 (controller) gets nothing
     CHECK(p.base == l.part_off[0]);
     CHECK(p.displs[3] == 0);  // engine 2 = rank 3: the first part
     CHECK(p.displs[1] == 7);  // engine 0 = rank 1: the second
+    // After engine 1 died the survivors' communicator is {controller, engine 0, engine 2}.
+    REQUIRE(wire::plan_scatter(3, l, {2, 0}, {1, -1, 2}, &p));
+    CHECK(p.counts == std::vector<int>{0, 7, 7});
+    CHECK(p.displs[2] == 0);
+    CHECK(p.displs[1] == 7);
     CHECK_FALSE(wire::parts_fit_scatter(std::vector<std::uint64_t>{std::uint64_t{1} << 31, 1}));
 }
 

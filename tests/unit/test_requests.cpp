@@ -26,9 +26,11 @@ route to(std::vector<std::int32_t> targets, std::uint32_t shared = 0, std::vecto
     return route{request_id(4, 2), std::move(targets), shared, std::move(parts), 0};
 }
 
-refusal refused(received_frame f, int n_engines) {
+const std::vector<bool> alive4(4, true);
+
+refusal refused(received_frame f, const std::vector<bool>& alive) {
     try {
-        check_request(std::move(f), n_engines);
+        check_request(std::move(f), alive);
     } catch (const refusal& r) {
         return r;
     }
@@ -38,52 +40,60 @@ refusal refused(received_frame f, int n_engines) {
 }  // namespace
 
 TEST_CASE("requests: targets resolved, every engine when none are named", "[requests]") {
-    auto q = check_request(frame_of(pull_request{to({}), {"a"}, true}), 4);
+    auto q = check_request(frame_of(pull_request{to({}), {"a"}, true}), alive4);
     CHECK(q.targets == std::vector<int>{0, 1, 2, 3});
-    q = check_request(frame_of(pull_request{to({2, 0}), {"a"}, true}), 4);
+    q = check_request(frame_of(pull_request{to({2, 0}), {"a"}, true}), alive4);
     CHECK(q.targets == std::vector<int>{2, 0});
     CHECK(q.r.id == request_id(4, 2));
     CHECK_FALSE(q.task);
 }
 
+TEST_CASE("requests: no targets means every live engine; a dead one named stays a target", "[requests]") {
+    const std::vector<bool> alive = {true, false, true, true};
+    auto q = check_request(frame_of(pull_request{to({}), {"a"}, true}), alive);
+    CHECK(q.targets == std::vector<int>{0, 2, 3});
+    q = check_request(frame_of(pull_request{to({1, 3}), {"a"}, true}), alive);
+    CHECK(q.targets == std::vector<int>{1, 3});  // the controller answers EngineDied for 1
+}
+
 TEST_CASE("requests: a task may run anywhere when it names no engines", "[requests]") {
     task_request t;
     t.r = to({});
-    const auto q = check_request(frame_of(t), 4);
+    const auto q = check_request(frame_of(t), alive4);
     CHECK(q.task);
     CHECK(q.targets.empty());
 }
 
 TEST_CASE("requests: refusals name the kind, the id and the fix", "[requests]") {
-    auto r = refused(frame_of(pull_request{to({7}), {"a"}, true}), 4);
+    auto r = refused(frame_of(pull_request{to({7}), {"a"}, true}), alive4);
     CHECK(r.kind == error_kind::no_such_engine);
     CHECK(r.id == request_id(4, 2));
     CHECK_THAT(r.what(), Catch::Contains("engine id 7 out of range") && Catch::Contains("0..3"));
 
-    r = refused(frame_of(pull_request{to({1, 1}), {"a"}, true}), 4);
+    r = refused(frame_of(pull_request{to({1, 1}), {"a"}, true}), alive4);
     CHECK(r.kind == error_kind::bad_request);
     CHECK_THAT(r.what(), Catch::Contains("given twice"));
 
-    r = refused(frame_of(scatter_request{to({0, 1}, 0, {1}), "x", false}, {"p"}), 4);
+    r = refused(frame_of(scatter_request{to({0, 1}, 0, {1}), "x", false}, {"p"}), alive4);
     CHECK_THAT(r.what(), Catch::Contains("1 parts for 2 targets"));
 
-    r = refused(frame_of(push_request{to({0}, 2)}, {"only one"}), 4);
+    r = refused(frame_of(push_request{to({0}, 2)}, {"only one"}), alive4);
     CHECK_THAT(r.what(), Catch::Contains("names 2 buffers, the frame has 1"));
 
-    r = refused(frame_of(shutdown_request{to({0})}), 4);
+    r = refused(frame_of(shutdown_request{to({0})}), alive4);
     CHECK_THAT(r.what(), Catch::Contains("shutdown must target every engine"));
 
     task_request t;
     t.r = to({}, 0, {1});
-    r = refused(frame_of(t, {"x"}), 4);
+    r = refused(frame_of(t, {"x"}), alive4);
     CHECK_THAT(r.what(), Catch::Contains("a task has no parts"));
 
-    r = refused(frame_of(engine_reply{}), 4);  // not a request at all
+    r = refused(frame_of(engine_reply{}), alive4);  // not a request at all
     CHECK(r.kind == error_kind::bad_request);
 }
 
 TEST_CASE("requests: a shared-memory reference to a file that is not pcluster's is refused", "[requests]") {
-    const auto r = refused(frame_of(shm_frame{request_id(4, 3), "/etc/passwd", 10, false}), 4);
+    const auto r = refused(frame_of(shm_frame{request_id(4, 3), "/etc/passwd", 10, false}), alive4);
     CHECK(r.kind == error_kind::bad_request);
     CHECK(r.id == request_id(4, 3));
     CHECK_THAT(r.what(), Catch::Contains("not one pcluster makes"));

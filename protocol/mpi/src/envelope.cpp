@@ -52,13 +52,14 @@ bool parts_fit_scatter(std::span<const std::uint64_t> part_lens) {
     return total <= static_cast<std::uint64_t>(INT_MAX);
 }
 
-bool plan_scatter(int n_engines, const protocol::request_layout& l, const std::vector<int>& targets, scatter_plan* out) {
+bool plan_scatter(int comm_size, const protocol::request_layout& l, const std::vector<int>& targets,
+                  const std::vector<int>& rank_of, scatter_plan* out) {
     if (!parts_fit_scatter(l.part_len)) return false;
-    out->counts.assign(static_cast<std::size_t>(n_engines) + 1, 0);
-    out->displs.assign(static_cast<std::size_t>(n_engines) + 1, 0);
+    out->counts.assign(static_cast<std::size_t>(comm_size), 0);
+    out->displs.assign(static_cast<std::size_t>(comm_size), 0);
     out->base = l.part_off.empty() ? 0 : l.part_off[0];
     for (std::size_t k = 0; k < targets.size(); ++k) {
-        const auto r = static_cast<std::size_t>(targets[k]) + 1;  // rank of engine targets[k]
+        const auto r = static_cast<std::size_t>(rank_of[static_cast<std::size_t>(targets[k])]);
         out->counts[r] = static_cast<int>(l.part_len[k]);
         out->displs[r] = static_cast<int>(l.part_off[k] - out->base);
     }

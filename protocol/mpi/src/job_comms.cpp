@@ -4,6 +4,8 @@
 #include <boost/serialization/string.hpp>
 #include <boost/serialization/vector.hpp>
 
+#include <unistd.h>
+
 #include "pcluster/mpi/wire.hpp"
 #include "pcluster/protocol/codec.hpp"
 
@@ -11,8 +13,17 @@ namespace pcluster::mpi_wire {
 
 namespace mpi = boost::mpi;
 
+namespace {
+std::string host_name() {
+    char buf[256] = {0};
+    gethostname(buf, sizeof buf - 1);
+    return buf;
+}
+}  // namespace
+
 job_comms open_job(MPI_Comm world_comm, const engine_start& start, std::vector<protocol::engine_info>* all) {
-    job_comms c{mpi::communicator(world_comm, mpi::comm_attach), {}, {}, {}, std::nullopt};
+    job_comms c;
+    c.world = mpi::communicator(world_comm, mpi::comm_attach);
     const bool controller = c.world.rank() == 0;
     // The engines-only communicator: rank 0 takes part in the split but is not in it.
     MPI_Comm engines;
@@ -30,6 +41,12 @@ job_comms open_job(MPI_Comm world_comm, const engine_start& start, std::vector<p
     c.collective = mpi::communicator(world_comm, mpi::comm_duplicate);
     c.direct = mpi::communicator(world_comm, mpi::comm_duplicate);
     c.reply = mpi::communicator(world_comm, mpi::comm_duplicate);
+    c.control = mpi::communicator(world_comm, mpi::comm_duplicate);
+    if (!controller) c.engines_private.emplace(*c.engines, mpi::comm_duplicate);
+    std::string me_as_controller;
+    if (controller) me_as_controller = protocol::encode_meta(protocol::engine_info{-1, host_name(), getpid()});
+    mpi::broadcast(c.world, me_as_controller, 0);
+    c.controller = protocol::decode_meta<protocol::engine_info>(me_as_controller, "engine_info");
     return c;
 }
 

@@ -36,6 +36,14 @@ namespace pcluster::config {
     X(send_linger_us, "PCLUSTER_SEND_LINGER_US", integer, "500", 0, 1e6, "client",                                \
       "us the client's writer waits for more non-blocking requests to send in one write")                        \
     X(noninteractive, "PCLUSTER_NONINTERACTIVE", flag, "0", 0, 1, "client", "1 turns progress bars off")         \
+    X(heartbeat_s, "PCLUSTER_HEARTBEAT_S", number, "1", 0.05, 60, "engines, controller",                          \
+      "s between heartbeats of each engine to the controller and back")                                          \
+    X(dead_after_s, "PCLUSTER_DEAD_AFTER_S", number, "5", 0.2, 3600, "engines, controller",                       \
+      "s of silence after which a peer on another host counts as dead (same host: noticed at once)")            \
+    X(interrupt_signal, "PCLUSTER_INTERRUPT_SIGNAL", integer, "2", 0, 8, "engines",                               \
+      "which real-time signal (SIGRTMIN + n) interrupts an engine's running code")                              \
+    X(ctrl_c_interrupts, "PCLUSTER_CTRL_C_INTERRUPTS", flag, "0", 0, 1, "client",                                 \
+      "1: Ctrl-C in a blocking call interrupts the engines' code too; 0: it only stops waiting")               \
     X(connection_file, "PCLUSTER_CONNECTION_FILE", text, "", 0, 0, "pcluster, client",                             \
       "the connection file when none is given (default: see PCLUSTER_CONNECTION_DIR)")                          \
     X(connection_dir, "PCLUSTER_CONNECTION_DIR", text, "", 0, 0, "pcluster, client",                               \

@@ -19,6 +19,8 @@ namespace pcluster::protocol {
       "the engine's request handling itself failed (not the user's code)")                                   \
     X(reply_lost, "ReplyLost", "RemoteError", "this client could not receive a reply (e.g. map it from shared memory)") \
     X(engine_died, "EngineDied", "EngineError", "the engine died while the request waited on it")               \
+    X(request_lost, "RequestLost", "EngineError",                                                              \
+      "the request never reached this engine: an engine its broadcast went through died")                     \
     X(task_aborted, "TaskAborted", "TaskError", "the task was aborted (abort(), its client left, shutdown) before it ran") \
     X(task_timeout, "TaskTimeout", "TaskError", "the task waited longer than its timeout= for its dependencies") \
     X(dependency_failed, "DependencyFailed", "DependencyError", "a dependency of the task failed")             \

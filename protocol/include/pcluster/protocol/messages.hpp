@@ -53,6 +53,7 @@ namespace pcluster::protocol {
     X(job_ended, 41, reply)               \
     X(output, 42, reply)                  \
     X(control_reply, 43, reply)           \
+    X(engine_event, 44, reply)            \
     X(job_info, 60, internal)             \
     X(bridge_ready, 61, internal)
 
@@ -116,7 +117,9 @@ struct engine_info {
     std::int32_t id = 0;
     std::string host;
     std::int64_t pid = 0;
-    PCLUSTER_FIELDS(engine_info, id, host, pid)
+    bool alive = true;
+    std::string death;  // once dead: how it died ("exit code 3", "killed by SIGSEGV", ...)
+    PCLUSTER_FIELDS(engine_info, id, host, pid, alive, death)
 };
 
 // mac = HMAC-SHA256(key, "pcluster-bridge" || auth_request.client_nonce) when ok.
@@ -214,7 +217,10 @@ struct task_request {
 //                  each then fails with TaskAborted; running ones are named in `refused`.
 //   queue_status:  per engine tasks sent and not answered, and done; tasks not yet sent.
 //   forget_client: the bridge says client client_of(r.id) left: its queued tasks are dropped.
-enum class control_action : std::uint8_t { abort = 0, queue_status = 1, forget_client = 2 };
+//   interrupt:     raise KeyboardInterrupt in the code running for requests `ids` (the caller's
+//                  own: direct requests on r.targets, tasks wherever they run), or in whatever
+//                  runs on r.targets when `ids` is empty. Answered with which engines were told.
+enum class control_action : std::uint8_t { abort = 0, queue_status = 1, forget_client = 2, interrupt = 3 };
 struct control_request {
     route r;
     control_action action = control_action::queue_status;
@@ -304,6 +310,14 @@ struct output {
     std::string stdout_text;
     std::string stderr_text;
     PCLUSTER_FIELDS(output, id, engine, stdout_text, stderr_text)
+};
+
+// Controller -> bridge -> every client: an engine died (or, later, another change of an engine's
+// state). The bridge keeps the engine list it gives clients at login up to date with it.
+struct engine_event {
+    engine_info engine;
+    double time = 0;  // seconds since the epoch, when the controller learned it
+    PCLUSTER_FIELDS(engine_event, engine, time)
 };
 
 // The bridge tells every client before it closes: the job is over.

@@ -83,14 +83,16 @@ std::vector<char> build_envelope(int n_engines, const protocol::request_layout& 
 // point to point); the controller and every engine decide alike from the same lengths.
 bool parts_fit_scatter(std::span<const std::uint64_t> part_lens);
 
-// Counts and displacements (bytes, root 0 first) of the scatter of a collective request's parts,
-// relative to the first part; empty when the parts do not fit int counts (then they go point
-// to point).
+// Counts and displacements (bytes, by rank of the collective communicator, root 0 first) of the
+// scatter of a collective request's parts, relative to the first part; false when the parts do
+// not fit int counts (then they go point to point). rank_of[engine]: the engine's rank there
+// (engine + 1 until an engine dies; the survivors' communicator numbers them anew).
 struct scatter_plan {
     std::vector<int> counts, displs;
     std::uint64_t base = 0;  // offset of the first part in the frame
 };
-bool plan_scatter(int n_engines, const protocol::request_layout& l, const std::vector<int>& targets, scatter_plan* out);
+bool plan_scatter(int comm_size, const protocol::request_layout& l, const std::vector<int>& targets,
+                  const std::vector<int>& rank_of, scatter_plan* out);
 
 // Whether a direct request travels as one message (head, common bytes and part together).
 inline bool direct_inline(std::uint64_t common_len, std::uint64_t part_len) {

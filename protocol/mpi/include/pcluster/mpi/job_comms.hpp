@@ -23,8 +23,14 @@ struct job_comms {
     boost::mpi::communicator collective;  // requests for every engine: Ibcast/Iscatterv, root 0
     boost::mpi::communicator direct;      // requests for some engines, large reply pieces
     boost::mpi::communicator reply;       // replies and output, engines -> rank 0
+    boost::mpi::communicator control;     // heartbeats, interrupts, deaths (control.hpp); rebuilds
     // Engines only (engine k is its rank k), for user code (pcluster.engine.comm); empty on rank 0.
     std::optional<boost::mpi::communicator> engines;
+    // A private duplicate of `engines`, from which the survivors of a death build the next one
+    // (user code's messages on `engines` cannot interfere).
+    std::optional<boost::mpi::communicator> engines_private;
+    // The controller's host and pid, on every rank (engines watch it).
+    protocol::engine_info controller;
     int n_engines() const { return world.size() - 1; }
 };
 

@@ -1,0 +1,251 @@
+#include "watch.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "pcluster/mpi/wire.hpp"
+#include "pcluster/protocol/config.hpp"
+
+namespace pcluster::engine {
+
+namespace wire = pcluster::mpi_wire;
+using clock = std::chrono::steady_clock;
+
+watch* current_watch = nullptr;
+
+namespace {
+
+// Fatal signals reach the watch thread through a pipe (write() is async-signal-safe; MPI is not),
+// and the thread acknowledges once the last words left.
+int lw_pipe[2] = {-1, -1};
+int ack_pipe[2] = {-1, -1};
+struct sigaction previous[NSIG];
+constexpr int fatal_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
+
+extern "C" void on_fatal_signal(int sig, siginfo_t* info, void*) {
+    const int saved = errno;
+    if (lw_pipe[1] >= 0) {
+        const int s = sig;
+        if (::write(lw_pipe[1], &s, sizeof s) == sizeof s) {
+            pollfd p{ack_pipe[0], POLLIN, 0};
+            ::poll(&p, 1, 600);  // bounded: MPI may be what is broken
+        }
+    }
+    sigaction(sig, &previous[sig], nullptr);
+    errno = saved;
+    // Sent by someone (kill, abort()): send it again to the previous handler. A real fault
+    // faults again on return, into the previous handler.
+    if (info->si_code <= 0 || sig == SIGABRT) raise(sig);
+}
+
+bool same_host(const std::string& host) {
+    char buf[256] = {0};
+    gethostname(buf, sizeof buf - 1);
+    return host == buf;
+}
+
+int pidfd_open(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+}  // namespace
+
+void install_fatal_signal_handlers() {
+    if (lw_pipe[0] >= 0) return;
+    if (::pipe2(lw_pipe, O_CLOEXEC | O_NONBLOCK) != 0 || ::pipe2(ack_pipe, O_CLOEXEC | O_NONBLOCK) != 0) return;
+    for (int sig : fatal_signals) {
+        struct sigaction sa {};
+        sa.sa_sigaction = on_fatal_signal;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        sigaction(sig, &sa, &previous[sig]);
+    }
+}
+
+int watch::interrupt_signal() {
+    return SIGRTMIN + static_cast<int>(config::integer(config::knob::interrupt_signal));
+}
+
+watch::watch(const wire::job_comms& comms, pthread_t main)
+    : id_(comms.world.rank() - 1),
+      n_(comms.n_engines()),
+      main_(main),
+      control_(comms.control),
+      engines_private_(*comms.engines_private),
+      controller_(comms.controller),
+      beat_every_(config::number(config::knob::heartbeat_s)),
+      dead_after_(config::number(config::knob::dead_after_s)) {
+    for (int e = 0; e < n_; ++e) alive_.push_back(e);
+    if (same_host(controller_.host)) controller_pidfd_ = pidfd_open(static_cast<pid_t>(controller_.pid));
+    current_watch = this;
+    thread_ = std::thread([this] { loop(); });
+}
+
+watch::~watch() {
+    stop_.store(true);
+    if (lw_pipe[1] >= 0) {
+        const int wake = 0;
+        (void)!::write(lw_pipe[1], &wake, sizeof wake);
+    }
+    thread_.join();
+    current_watch = nullptr;
+    if (controller_pidfd_ >= 0) ::close(controller_pidfd_);
+}
+
+bool watch::take_interrupt(std::uint64_t id) {
+    std::uint64_t want = id;
+    return id != 0 && interrupt_target_.compare_exchange_strong(want, 0);
+}
+
+void watch::send_to_controller(const wire::control_msg& m) {
+    // Small messages leave eagerly; a controller that stopped reading must not block us.
+    std::lock_guard lk(mu_);
+    MPI_Request r;
+    if (MPI_Isend(&m, sizeof m, MPI_BYTE, 0, wire::tag_control, control_, &r) != MPI_SUCCESS) return;
+    const auto until = clock::now() + std::chrono::milliseconds(500);
+    int done = 0;
+    while (!done && clock::now() < until) {
+        MPI_Test(&r, &done, MPI_STATUS_IGNORE);
+        if (!done) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    if (!done) MPI_Request_free(&r);  // `m` is gone by then: only for a controller that is gone
+}
+
+void watch::last_words(std::uint64_t how, std::uint64_t code, std::chrono::milliseconds) {
+    send_to_controller({wire::control_kind::last_words, id_, how, code});
+}
+
+std::optional<epoch_change> watch::change(std::uint64_t epoch, std::chrono::milliseconds limit) {
+    const auto until = clock::now() + limit;
+    for (;;) {
+        {
+            std::lock_guard lk(mu_);
+            for (const auto& c : changes_)
+                if (c.epoch == epoch) return c;
+        }
+        if (clock::now() > until) return std::nullopt;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+}
+
+void watch::controller_gone(const char* why) {
+    std::fprintf(stderr, "pcluster engine %d: the controller (rank 0 on %s, pid %lld) %s; exiting\n", id_,
+                 controller_.host.c_str(), static_cast<long long>(controller_.pid), why);
+    std::fflush(stderr);
+    ::_exit(70);
+}
+
+void watch::rebuild(std::uint64_t epoch, std::uint64_t issued, int dead) {
+    std::vector<int> world_ranks = {0}, engine_ranks;
+    {
+        std::lock_guard lk(mu_);
+        std::erase(alive_, dead);
+        for (int e : alive_) {
+            world_ranks.push_back(e + 1);
+            engine_ranks.push_back(e);
+        }
+    }
+    epoch_change c;
+    c.epoch = epoch;
+    c.collectives_issued = issued;
+    c.alive = engine_ranks;
+    // Collective only over the survivors (the controller's rebuild and every survivor's watch):
+    // the dead engine is not needed, nor are the survivors' main threads, which may be busy.
+    MPI_Group wg, g, eg, g2;
+    MPI_Comm_group(control_, &wg);
+    MPI_Group_incl(wg, static_cast<int>(world_ranks.size()), world_ranks.data(), &g);
+    const int tag = 100 + static_cast<int>(epoch);
+    const int rc1 = MPI_Comm_create_group(control_, g, tag, &c.collective);
+    MPI_Comm_group(engines_private_, &eg);
+    MPI_Group_incl(eg, static_cast<int>(engine_ranks.size()), engine_ranks.data(), &g2);
+    const int rc2 = MPI_Comm_create_group(engines_private_, g2, tag, &c.engines);
+    MPI_Group_free(&wg), MPI_Group_free(&g), MPI_Group_free(&eg), MPI_Group_free(&g2);
+    if (rc1 != MPI_SUCCESS || rc2 != MPI_SUCCESS) {
+        spdlog::critical("engine {}: cannot rebuild the communicators after engine {} died", id_, dead);
+        ::_exit(72);
+    }
+    std::lock_guard lk(mu_);
+    changes_.push_back(std::move(c));
+    epoch_.store(epoch, std::memory_order_release);
+}
+
+void watch::handle(const wire::control_msg& m) {
+    switch (m.kind) {
+    case wire::control_kind::interrupt: {
+        const std::uint64_t target = m.a ? m.a : running_.load(std::memory_order_acquire);
+        if (target == 0) return;  // nothing runs: nothing to interrupt
+        interrupt_target_.store(target);
+        pthread_kill(main_, interrupt_signal());
+        return;
+    }
+    case wire::control_kind::engine_died:
+        rebuild(m.b, m.a, m.engine);
+        return;
+    case wire::control_kind::exit_now:
+        std::fprintf(stderr, "pcluster engine %d: the controller counted this engine as dead; exiting\n", id_);
+        std::fflush(stderr);
+        ::_exit(71);
+    default:
+        return;  // beats only refresh last_heard
+    }
+}
+
+void watch::loop() {
+    wire::control_msg in{};
+    MPI_Request recv = MPI_REQUEST_NULL;
+    MPI_Irecv(&in, sizeof in, MPI_BYTE, 0, wire::tag_control, control_, &recv);
+    wire::control_msg beat{wire::control_kind::beat, id_, 0, 0};
+    MPI_Request beat_req = MPI_REQUEST_NULL;
+    auto last_heard = clock::now();
+    auto next_beat = clock::now();
+    const auto tick = std::chrono::milliseconds(100);
+    while (!stop_.load()) {
+        pollfd fds[2] = {{lw_pipe[0], POLLIN, 0}, {controller_pidfd_, POLLIN, 0}};
+        ::poll(fds, controller_pidfd_ >= 0 ? 2 : 1, static_cast<int>(tick.count()));
+        if (stop_.load()) break;
+        if (fds[0].revents & POLLIN) {
+            int sig = 0;
+            while (::read(lw_pipe[0], &sig, sizeof sig) == sizeof sig) {
+                if (sig > 0) {
+                    send_to_controller({wire::control_kind::last_words, id_, wire::death_signal, static_cast<std::uint64_t>(sig)});
+                    const char ack = 1;
+                    (void)!::write(ack_pipe[1], &ack, 1);
+                }
+            }
+        }
+        if (controller_pidfd_ >= 0 && (fds[1].revents & POLLIN)) controller_gone("exited");
+        for (;;) {
+            int got = 0;
+            if (MPI_Test(&recv, &got, MPI_STATUS_IGNORE) != MPI_SUCCESS || !got) break;
+            last_heard = clock::now();
+            const wire::control_msg m = in;
+            MPI_Irecv(&in, sizeof in, MPI_BYTE, 0, wire::tag_control, control_, &recv);
+            handle(m);
+        }
+        const auto now = clock::now();
+        if (controller_pidfd_ < 0 && now - last_heard > dead_after_) controller_gone("stopped answering");
+        if (now >= next_beat) {
+            int done = 1;
+            if (beat_req != MPI_REQUEST_NULL) MPI_Test(&beat_req, &done, MPI_STATUS_IGNORE);
+            if (done) {
+                std::lock_guard lk(mu_);
+                MPI_Isend(&beat, sizeof beat, MPI_BYTE, 0, wire::tag_control, control_, &beat_req);
+            }
+            next_beat = now + std::chrono::duration_cast<clock::duration>(beat_every_);
+        }
+    }
+    if (recv != MPI_REQUEST_NULL) {
+        MPI_Cancel(&recv);
+        MPI_Wait(&recv, MPI_STATUS_IGNORE);
+    }
+    if (beat_req != MPI_REQUEST_NULL) MPI_Wait(&beat_req, MPI_STATUS_IGNORE);
+}
+
+}  // namespace pcluster::engine
