@@ -142,6 +142,7 @@ private:
     void engine_died(int e, const std::string& how) {
         auto& info = engines_[static_cast<std::size_t>(e)];
         info.alive = false;
+        deaths_.push_back(e);
         info.death = how;
         spdlog::warn("{} {}", who(e), how);
         const auto fx = channels_.engine_died(e, watch_.alive_map());
@@ -189,7 +190,7 @@ private:
         }
         request q;
         try {
-            q = check_request(std::move(f), watch_.alive_map());
+            q = check_request(std::move(f), watch_.alive_map(), deaths_);
             if (stopping_) {
                 refusal r(proto::error_kind::job_shutting_down, "the job is shutting down");
                 r.id = q.r.id;
@@ -322,6 +323,7 @@ private:
 
     int n_;
     std::vector<proto::engine_info> engines_;  // as the clients know them (alive, how they died)
+    std::vector<int> deaths_;                  // engines in the order they died
     bridge_link link_;
     engine_channels channels_;
     engine_watch watch_;

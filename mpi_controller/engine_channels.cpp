@@ -50,7 +50,7 @@ void engine_channels::issue(const request& q) {
 void engine_channels::issue_direct(const request& q, const proto::request_layout& l, std::size_t k) {
     const int e = q.targets[k];
     const std::uint64_t part_len = l.has_parts ? l.part_len[k] : 0;
-    const wire::direct_head h{collective_sent_, l.common_len, part_len, l.has_parts};
+    const wire::direct_head h{collective_sent_, l.common_len, part_len, l.has_parts, epoch_};
     const char* frame = q.frame.bytes->data();
     inflight fl;
     fl.from = e;  // a send: abandoned, not waited for, if the engine dies

@@ -12,7 +12,7 @@ namespace pcluster::controller {
 namespace proto = pcluster::protocol;
 
 namespace {
-void resolve_targets(request& q, const std::vector<bool>& alive) {
+void resolve_targets(request& q, const std::vector<bool>& alive, const std::vector<int>& deaths) {
     const int n_engines = static_cast<int>(alive.size());
     std::set<int> seen;
     for (auto t : q.r.targets) {
@@ -28,15 +28,18 @@ void resolve_targets(request& q, const std::vector<bool>& alive) {
         if (!q.r.part_bufs.empty()) throw refusal(proto::error_kind::bad_request, "a task has no parts");
         return;  // no targets: any engine (listing all of them would queue it on each)
     }
-    if (q.targets.empty())
+    if (q.targets.empty()) {
+        std::vector<bool> known(alive);
+        for (std::size_t k = q.r.deaths_seen; k < deaths.size(); ++k) known[static_cast<std::size_t>(deaths[k])] = true;
         for (int e = 0; e < n_engines; ++e)
-            if (alive[static_cast<std::size_t>(e)]) q.targets.push_back(e);
+            if (known[static_cast<std::size_t>(e)]) q.targets.push_back(e);
+    }
     if (q.shutdown() && !q.r.targets.empty())
         throw refusal(proto::error_kind::bad_request, "shutdown must target every engine");
 }
 }  // namespace
 
-request check_request(proto::received_frame f, const std::vector<bool>& alive) {
+request check_request(proto::received_frame f, const std::vector<bool>& alive, const std::vector<int>& deaths) {
     request q;
     try {
         if (proto::is(f.view(), proto::message_type::shm_frame)) {
@@ -51,7 +54,7 @@ request check_request(proto::received_frame f, const std::vector<bool>& alive) {
         q.type = view.type();
         q.task = q.type == static_cast<std::uint16_t>(proto::message_type::task_request);
         if (q.type != static_cast<std::uint16_t>(proto::message_type::control_request)) {
-            resolve_targets(q, alive);
+            resolve_targets(q, alive, deaths);
             proto::layout_of(view, q.r, q.targets.empty() ? 1 : q.targets.size());
         }
     } catch (refusal& e) {

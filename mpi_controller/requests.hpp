@@ -34,9 +34,10 @@ struct refusal : std::runtime_error {
 
 // Checks a request frame (or a shm_frame naming one) from the bridge: maps the shared memory,
 // decodes the route, resolves and checks the targets and the buffer layout against the frame.
-// No targets means every live engine (alive[e]); a dead engine named explicitly stays a target
-// (the controller answers for it). Throws refusal.
-request check_request(protocol::received_frame f, const std::vector<bool>& alive);
+// No targets means every engine the client knew alive: the live ones, and those in
+// deaths[route.deaths_seen..] (died since; the controller answers for them, as for a dead engine
+// named explicitly). Throws refusal.
+request check_request(protocol::received_frame f, const std::vector<bool>& alive, const std::vector<int>& deaths);
 
 // A request the controller makes itself (shutdown when a signal or the bridge's end stops the
 // job), for `targets`.

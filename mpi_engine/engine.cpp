@@ -114,7 +114,8 @@ public:
             }
             poll_both();
             // Each channel's next request runs once every request issued before it on the other
-            // channel has run: that replays the controller's issue order.
+            // channel has run: that replays the controller's issue order. A direct request issued
+            // after a death waits until this engine is in that epoch too.
             if (collective_ready_ && slot().direct_before <= direct_done_) {
                 nogil.reset();
                 const bool completed = run_collective();
@@ -125,7 +126,7 @@ public:
                     if (!stop_) post_collective();
                 }
                 idle.reset();
-            } else if (direct_ready_ && dhead_.collective_before <= collective_done_) {
+            } else if (direct_ready_ && dhead_.collective_before <= collective_done_ && dhead_.epoch <= epoch_) {
                 nogil.reset();
                 run_direct();
                 nogil.emplace();

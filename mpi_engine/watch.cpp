@@ -179,8 +179,9 @@ void watch::rebuild(std::uint64_t epoch, std::uint64_t issued, int dead) {
 void watch::handle(const wire::control_msg& m) {
     switch (m.kind) {
     case wire::control_kind::interrupt: {
-        const std::uint64_t target = m.a ? m.a : running_.load(std::memory_order_acquire);
-        if (target == 0) return;  // nothing runs: nothing to interrupt
+        const std::uint64_t running = running_.load(std::memory_order_acquire);
+        const std::uint64_t target = m.a ? m.a : running;
+        if (target == 0 || target != running) return;  // not running (queued, or done): not disturbed
         interrupt_target_.store(target);
         pthread_kill(main_, interrupt_signal());
         return;

@@ -44,12 +44,20 @@ shm_out create_shm(const std::string& owner, std::uint64_t size) {
         fail("cannot reserve " + std::to_string(size) + " bytes in " + shm_dir);
     }
     void* p = ::mmap(nullptr, size ? size : 1, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    struct stat st {};
+    ::fstat(fd, &st);
     ::close(fd);
     if (p == MAP_FAILED) {
         ::unlink(path.c_str());
         fail("cannot map " + path);
     }
-    return {path, byte_buffer::adopt_mapping(static_cast<char*>(p), size)};
+    return {path, byte_buffer::adopt_mapping(static_cast<char*>(p), size), static_cast<std::uint64_t>(st.st_ino)};
+}
+
+bool shm_intact(const shm_out& s) {
+    struct stat st {};
+    return ::lstat(s.path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_ino) == s.ino &&
+           st.st_uid == ::geteuid() && static_cast<std::uint64_t>(st.st_size) >= s.map->size();
 }
 
 bool probe_matches(const std::string& path, const std::array<std::uint8_t, 32>& token) {
@@ -133,7 +141,7 @@ void remove_dead_client_segments() {
 }
 
 shm_out shm_pool::get(std::uint64_t size) {
-    {
+    for (;;) {
         std::lock_guard lk(mu_);
         auto best = free_.end();
         for (auto it = free_.begin(); it != free_.end(); ++it) {
@@ -142,11 +150,13 @@ shm_out shm_pool::get(std::uint64_t size) {
                 (best == free_.end() || have < best->map->size()))
                 best = it;
         }
-        if (best != free_.end()) {
-            shm_out s = std::move(*best);
-            free_.erase(best);
-            return s;
-        }
+        if (best == free_.end()) break;
+        shm_out s = std::move(*best);
+        free_.erase(best);
+        // Removed (or replaced) behind our back: its mapping lives on here but nobody else could
+        // open it. Forget it and look again.
+        if (s.ino && !shm_intact(s)) continue;
+        return s;
     }
     constexpr std::uint64_t mib = std::uint64_t{1} << 20;
     return create_shm(owner_, (size + mib - 1) / mib * mib);

@@ -1,6 +1,9 @@
 #include "pcluster/protocol/stream.hpp"
 
+#include "pcluster/protocol/codec.hpp"
+
 #include <cerrno>
+#include <limits>
 #include <cstring>
 #include <system_error>
 
@@ -18,52 +21,114 @@ namespace {
 constexpr int max_iov = 64;
 }  // namespace
 
-void frame_reader::finish(received_frame* out) {
-    out->bytes = std::move(body_);
-    out->view();  // validates the table against the body
+void frame_reader::reset() {
     body_.reset();
     have_ = 0;
     need_ = prefix_size;
+    skipping_ = false;
+    head_len_ = 0;
 }
 
-bool frame_reader::consume_staged(received_frame* out) {
-    while (staged_pos_ < staged_len_) {
-        const std::size_t avail = staged_len_ - staged_pos_;
-        const char* src = stage_.data() + staged_pos_;
+void frame_reader::start_body() {
+    frame_prefix p;
+    std::memcpy(&p, prefix_buf_, prefix_size);
+    // A wrong magic or version loses the framing itself: nothing after it can be trusted.
+    if (p.magic != frame_magic || p.version != protocol_version) check_prefix(p, max_frame_);
+    if (p.body_len > std::numeric_limits<std::uint64_t>::max() - prefix_size)
+        throw frame_error("frame length " + std::to_string(p.body_len) + " is not a length");
+    try {
+        check_prefix(p, max_frame_);
+    } catch (const frame_error& e) {
+        if (!skip_bad_) throw;
+        // Sound framing, a broken limit: read past it without allocating anything.
+        skipping_ = true;
+        bad_ = bad_frame{p.type, frame_size(p), std::nullopt, e.what()};
+        meta_off_ = prefix_size + 8ull * p.nbufs;
+        need_ = frame_size(p);
+        return;
+    }
+    need_ = frame_size(p);
+    body_ = std::make_shared<byte_buffer>(need_);
+    std::memcpy(body_->data(), prefix_buf_, prefix_size);
+}
+
+frame_reader::status frame_reader::finish(received_frame* out) {
+    if (skipping_) {
+        bad_.id = head_len_ >= 9 ? peek_id(bad_.type, {head_, head_len_}) : std::nullopt;
+        reset();
+        return status::bad;
+    }
+    out->bytes = std::move(body_);
+    reset();
+    try {
+        out->view();  // validates the table against the body
+    } catch (const frame_error& e) {
+        if (!skip_bad_) throw;
+        const auto& b = *out->bytes;
+        frame_prefix p;
+        std::memcpy(&p, b.data(), prefix_size);
+        const std::uint64_t meta_at = prefix_size + 8ull * p.nbufs;
+        bad_ = bad_frame{p.type, b.size(), std::nullopt, e.what()};
+        if (meta_at < b.size())
+            bad_.id = peek_id(p.type, {b.data() + meta_at, static_cast<std::size_t>(std::min<std::uint64_t>(
+                                                                 b.size() - meta_at, p.meta_len))});
+        out->bytes.reset();
+        return status::bad;
+    }
+    return status::frame;
+}
+
+std::size_t frame_reader::consume(const char* src, std::size_t n, received_frame* out, std::optional<status>* done) {
+    std::size_t used = 0;
+    while (used < n) {
         if (have_ < prefix_size) {
-            const std::size_t n = std::min<std::size_t>(prefix_size - have_, avail);
-            std::memcpy(prefix_buf_ + have_, src, n);
-            have_ += n;
-            staged_pos_ += n;
-            if (have_ == prefix_size) {
-                frame_prefix p;
-                std::memcpy(&p, prefix_buf_, prefix_size);
-                check_prefix(p, max_frame_);
-                need_ = frame_size(p);
-                body_ = std::make_shared<byte_buffer>(need_);
-                std::memcpy(body_->data(), prefix_buf_, prefix_size);
+            const std::size_t k = std::min<std::size_t>(prefix_size - have_, n - used);
+            std::memcpy(prefix_buf_ + have_, src + used, k);
+            have_ += k;
+            used += k;
+            if (have_ == prefix_size) start_body();
+        } else if (have_ < need_) {
+            const std::size_t k = static_cast<std::size_t>(std::min<std::uint64_t>(need_ - have_, n - used));
+            if (skipping_) {
+                // Keep the bytes of [meta_off_, meta_off_ + 16) that pass by: the request id.
+                const std::uint64_t lo = std::max<std::uint64_t>(have_, meta_off_);
+                const std::uint64_t hi = std::min<std::uint64_t>(have_ + k, meta_off_ + sizeof head_);
+                if (lo < hi && lo - meta_off_ == head_len_) {
+                    std::memcpy(head_ + head_len_, src + used + (lo - have_), static_cast<std::size_t>(hi - lo));
+                    head_len_ += static_cast<std::size_t>(hi - lo);
+                }
+            } else {
+                std::memcpy(body_->data() + have_, src + used, k);
             }
-        } else {
-            const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(need_ - have_, avail));
-            std::memcpy(body_->data() + have_, src, n);
-            have_ += n;
-            staged_pos_ += n;
+            have_ += k;
+            used += k;
         }
-        if (body_ && have_ == need_) {
-            finish(out);
-            return true;
+        if (have_ >= prefix_size && have_ == need_) {
+            *done = finish(out);
+            return used;
         }
     }
-    return false;
+    return used;
+}
+
+frame_reader::status frame_reader::feed(std::span<const char>& in, received_frame* out) {
+    std::optional<status> done;
+    const std::size_t used = consume(in.data(), in.size(), out, &done);
+    in = in.subspan(used);
+    return done ? *done : status::again;
 }
 
 frame_reader::status frame_reader::read(int fd, received_frame* out) {
     // A short recv in this call means the socket had no more: no second recv to learn it.
     bool drained = false;
     for (;;) {
-        if (staged_pos_ < staged_len_ && consume_staged(out)) return status::frame;
+        if (staged_pos_ < staged_len_) {
+            std::optional<status> done;
+            staged_pos_ += consume(stage_.data() + staged_pos_, staged_len_ - staged_pos_, out, &done);
+            if (done) return *done;
+        }
         if (drained) return status::again;
-        const bool direct = body_ && need_ - have_ >= stage_size;
+        const bool direct = body_ && !skipping_ && need_ - have_ >= max_stage;
         char* dst;
         std::size_t chunk;
         if (direct) {
@@ -71,9 +136,14 @@ frame_reader::status frame_reader::read(int fd, received_frame* out) {
             // Cap single reads so one huge frame does not starve other connections of the loop.
             chunk = static_cast<std::size_t>(std::min<std::uint64_t>(need_ - have_, 64u << 20));
         } else {
-            if (stage_.empty()) stage_.resize(stage_size);
+            // Sized to the frame limit: a connection still logging in holds a few KiB at most.
+            if (stage_.size() != stage_size()) {
+                stage_.clear();
+                stage_.shrink_to_fit();
+                stage_.resize(stage_size());
+            }
             dst = stage_.data();
-            chunk = stage_size;
+            chunk = stage_.size();
         }
         ssize_t n = ::recv(fd, dst, chunk, 0);
         if (n < 0) {
@@ -89,10 +159,7 @@ frame_reader::status frame_reader::read(int fd, received_frame* out) {
         drained = static_cast<std::size_t>(n) < chunk;
         if (direct) {
             have_ += static_cast<std::uint64_t>(n);
-            if (have_ == need_) {
-                finish(out);
-                return status::frame;
-            }
+            if (have_ == need_) return finish(out);
         } else {
             staged_pos_ = 0;
             staged_len_ = static_cast<std::size_t>(n);
@@ -135,6 +202,7 @@ bool frame_writer::flush(int fd) {
             throw_errno("sendmsg");
         }
         std::uint64_t left = static_cast<std::uint64_t>(n);
+        queued_ -= left;
         while (left > 0 && !queue_.empty()) {
             auto& front = queue_.front();
             const std::uint64_t rest = front.f.size() - front.done;

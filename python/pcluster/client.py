@@ -46,32 +46,43 @@ def _read_connection_file(path, timeout):
         time.sleep(0.05)
 
 
-def _connect(info, path, timeout):
+def _connect(info, path, timeout, sshserver=None, sshkey=None):
     """A logged-in connection to the job: its address first, then the bridge's other addresses
-    (a wildcard listen gives several); errors say what was tried and how to fix it."""
+    (a wildcard listen gives several); errors say what was tried and how to fix it. With
+    sshserver, through an ssh tunnel to each of those addresses (pcluster.tunnel)."""
     addresses = [info.ip] + [a for a in info.addresses if a != info.ip]
     deadline = time.monotonic() + timeout
     failures = []
-    for ip in addresses:
-        left = max(0.5, deadline - time.monotonic())
+    routes = [(f"{ip}:{info.port}", ip, info.port) for ip in addresses]  # (shown, connect to, port)
+    if sshserver:
+        from . import tunnel
+
+        local = tunnel.forward(sshserver, [(ip, info.port) for ip in addresses], sshkey, timeout)
+        routes = [(f"{ip}:{info.port} through ssh {sshserver}", lip, lport) for ip, (lip, lport) in zip(addresses, local)]
+    for k, (shown, ip, port) in enumerate(routes):
+        # Through a tunnel a dead address can take a while to fail: the others keep their share.
+        left = max(0.5, (deadline - time.monotonic()) / ((len(routes) - k) if sshserver else 1))
         try:
-            return _core.connection(ip, info.port, info.key, float(left))
+            return _core.connection(ip, port, info.key, float(left))
         except _core.AuthenticationError as e:
             raise AuthenticationError(
-                f"{e}: the job at {ip}:{info.port} refused the key in {path}. The file is stale or belongs to "
+                f"{e}: the job at {shown} refused the key in {path}. The file is stale or belongs to "
                 f"another job; use the connection file the running job printed."
             ) from None
         except _core.ProtocolVersionError as e:
-            raise NoJobError(f"{e} (job at {ip}:{info.port}, from {path})") from None
+            raise NoJobError(f"{e} (job at {shown}, from {path})") from None
         except ValueError as e:
             raise NoJobError(
-                f"the server at {ip}:{info.port} (from {path}) does not speak the pcluster protocol: {e}. "
+                f"the server at {shown} (from {path}) does not speak the pcluster protocol: {e}. "
                 f"The connection file is stale and the port now belongs to another program."
             ) from None
         except (ConnectionError, TimeoutError) as e:
-            failures.append(f"{ip}:{info.port} ({e})")
+            failures.append(f"{shown} ({e})")
     tried = "; ".join(failures)
-    if len(addresses) == 1 and info.ip.startswith("127.") and info.host:
+    if sshserver:
+        hint = (f"The job may have ended, or {sshserver} cannot reach it: pass as sshserver a host that reaches "
+                f"the job's nodes (the login node), or start the job with `--ip` set to an address that host reaches.")
+    elif len(addresses) == 1 and info.ip.startswith("127.") and info.host:
         hint = (f"The job listens on loopback on {info.host}: if that is another host, restart it with "
                 f"`pcluster --ip 0.0.0.0` (or the address of an interface this host reaches), or attach through "
                 f"ssh: pcluster.Client(path, sshserver='{info.host}').")
@@ -111,13 +122,22 @@ class Client:
     Client(connection_file=None, timeout=10): connection_file is a path (default:
     $PCLUSTER_CONNECTION_FILE or ~/.pcluster/connection.json) or the file's dict; timeout bounds
     the wait for the file to appear and for the job to answer.
+    job=1234: the pcluster job with that SLURM job id (its connection file slurm-1234.json; a
+    job that is pending, failed or ended is an error naming its state). sshserver="user@host[:port]"
+    (and sshkey=): attach through an ssh tunnel when this host cannot reach the job directly.
     """
 
-    def __init__(self, connection_file=None, timeout=10):
+    def __init__(self, connection_file=None, timeout=10, *, job=None, sshserver=None, sshkey=None):
         try:
             _core.check_settings()
         except ValueError as e:
             raise ValueError(f"pcluster setting: {e}") from None
+        if job is not None:
+            if connection_file is not None:
+                raise ValueError("give either a connection file or job=, not both")
+            from . import slurm
+
+            connection_file = slurm.wait_connection_file(job, timeout)
         if isinstance(connection_file, dict):
             path = "<connection dict>"
             try:
@@ -129,7 +149,7 @@ class Client:
             info = _read_connection_file(path, timeout)
         self.connection_file = path
         self.connection_info = info
-        self._conn = _connect(info, path, timeout)
+        self._conn = _connect(info, path, timeout, sshserver, sshkey)
         _open_clients.add(self)
         global _newest
         _newest = weakref.ref(self)
@@ -139,6 +159,9 @@ class Client:
         self._lock = threading.Lock()
         self._engines = {e.id: e for e in self._conn.engines}  # every engine the job started with
         self._ids = sorted(e.id for e in self._engines.values() if e.alive)
+        # (live ids, deaths known): replaced whole when an engine dies, so a request reads both
+        # at once - the controller resolves "every engine" by the deaths the client knew of.
+        self._known = (tuple(self._ids), len(self._engines) - len(self._ids))
         self._death_callbacks = []
         self.ctrl_c_interrupts = _core.setting("PCLUSTER_CTRL_C_INTERRUPTS")
         self.block = True
@@ -180,8 +203,9 @@ class Client:
         move on without it; callbacks run."""
         info = ev.engine
         self._engines[info.id] = info
-        if not info.alive:
+        if not info.alive and info.id in self._ids:
             self._ids = [i for i in self._ids if i != info.id]
+            self._known = (tuple(self._ids), self._known[1] + 1)
             for cb in list(self._death_callbacks):
                 try:
                     cb(info.id, info.death)
@@ -232,16 +256,19 @@ class Client:
         return DirectView(self, "all" if targets in ("all", None) else self._resolve(targets))
 
     # --- requests ---
-    def _new_request(self, msg, bufs, wire_targets, ar_targets, method, direct, **ar_args):
+    def _new_request(self, msg, bufs, wire_targets, ar_targets, method, direct, deaths_seen=None, **ar_args):
         """Numbers, registers and sends a request; its AsyncResult. wire_targets: engines on the
-        wire (empty: all, or any for a task); ar_targets: whose replies the result waits for."""
+        wire (empty: every engine alive after deaths_seen deaths, or any for a task); ar_targets:
+        whose replies the result waits for."""
+        if deaths_seen is None:
+            deaths_seen = self._known[1]
         with self._lock:
             self._issued = next(self._seq)
             msg_id = _request_id(self._client_no, self._issued)
         ar = AsyncResult(self, msg_id, ar_targets, method, **ar_args)
         self._pending[msg_id] = ar
         try:
-            self._conn.send(msg, bufs, direct, msg_id, wire_targets, self._capture_flag, len(ar_targets))
+            self._conn.send(msg, bufs, direct, msg_id, wire_targets, self._capture_flag, len(ar_targets), deaths_seen)
         except ConnectionError as e:
             self._pending.pop(msg_id, None)
             raise JobEndedError(f"cannot send {method}: {self._conn.close_reason or e}") from None
@@ -262,8 +289,9 @@ class Client:
     def _submit(self, msg, bufs, ids, method, single=False, post=None, block=False, flat=False, explicit=False):
         """explicit: name the targets on the wire even when they are every live engine (a
         request with one part per target must not meet a job that lost an engine meanwhile)."""
-        wire = [] if not explicit and len(ids) == len(self._ids) and ids == self._ids else ids
-        return self._new_request(msg, bufs, wire, ids, method, block, single=single, post=post, flat=flat)
+        live, deaths = self._known
+        wire = [] if not explicit and len(ids) == len(live) and tuple(ids) == live else ids
+        return self._new_request(msg, bufs, wire, ids, method, block, deaths, single=single, post=post, flat=flat)
 
     def _submit_task(self, msg, bufs, targets, method):
         """A farm task: one reply, from whichever engine (of `targets`, None: any) runs it."""

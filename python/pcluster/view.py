@@ -56,7 +56,7 @@ class DirectView:
     @property
     def targets(self):
         """The engines it addresses: an id, or a list (the live engines for rc[:])."""
-        return self.client.ids if self._targets == "all" else self._targets
+        return list(self.client._known[0]) if self._targets == "all" else self._targets
 
     @targets.setter
     def targets(self, value):

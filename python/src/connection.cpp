@@ -240,18 +240,31 @@ void connection::read_loop() {
     std::string why;
     try {
         proto::frame_reader reader;
+        // A reply this client cannot take (over a limit, malformed) fails its request only.
+        reader.set_skip_bad(true);
         bool ended = false;
         while (!ended) {
-            const auto end = proto::drain_frames(reader, fd_, 1 << 30, [&](proto::received_frame f) {
-                const auto v = f.view();
-                if (proto::is(v, proto::message_type::job_ended)) {
-                    why = "the job ended: " + proto::decode<proto::job_ended>(v).reason;
-                    ended = true;
-                    return false;
-                }
-                file(std::move(f));
-                return true;
-            });
+            const auto end = proto::drain_frames(
+                reader, fd_, 1 << 30,
+                [&](proto::received_frame f) {
+                    const auto v = f.view();
+                    if (proto::is(v, proto::message_type::job_ended)) {
+                        try {
+                            why = "the job ended: " + proto::decode<proto::job_ended>(v).reason;
+                        } catch (const std::exception&) {
+                            why = "the job ended";
+                        }
+                        ended = true;
+                        return false;
+                    }
+                    file(std::move(f));
+                    return true;
+                },
+                [&](const proto::bad_frame& b) {
+                    lost(b.type, b.id, "a " + std::string(proto::type_name(b.type)) + " of " + std::to_string(b.size) +
+                                           " bytes could not be taken: " + b.error);
+                    return true;
+                });
             if (end == proto::drain_end::closed) {
                 why = "connection to the job lost: the job closed it";
                 ended = true;
@@ -263,63 +276,83 @@ void connection::read_loop() {
     table_.close(why);
 }
 
-void connection::file(proto::received_frame f) {
-    auto v = f.view();
-    if (proto::is(v, proto::message_type::output)) {
-        table_.file_output(proto::decode<proto::output>(v));
-        return;
-    }
-    if (proto::is(v, proto::message_type::engine_event)) {
-        table_.file_event(proto::decode<proto::engine_event>(v));
-        return;
-    }
+void connection::lost(std::uint16_t type, std::optional<std::uint64_t> id, const std::string& why) {
+    // Streamed output and news carry no reply to fail: they are dropped.
+    if (!id || type == static_cast<std::uint16_t>(proto::message_type::output)) return;
     auto r = std::make_shared<reply>();
-    if (proto::is(v, proto::message_type::control_reply)) {
-        r->control = proto::decode<proto::control_reply>(v);
-        r->meta.id = r->control->id;
-        r->meta.origin = proto::reply_origin::controller;
-        table_.file_reply(std::move(r));
-        return;
-    }
-    if (proto::is(v, proto::message_type::shm_frame)) {
-        const auto ref = proto::decode<proto::shm_frame>(v);
-        try {
-            f.bytes = proto::take_shm(ref);
-        } catch (const std::exception& e) {
-            // That reply is lost to us; the request fails, the connection lives on. It counts as
-            // one target's reply, not a refusal: the other targets may still be served from this
-            // request's segment, which must not be reused before them.
-            r->meta = proto::error_reply(ref.id, proto::reply_origin::client, proto::no_engine, proto::error_kind::reply_lost,
-                                         std::string("cannot map the reply in shared memory: ") + e.what());
-            release_one(ref.id, false);
-            table_.file_reply(std::move(r));
-            return;
-        }
-        if (ref.keep) {
-            // The job lends this segment: give it back once nothing here uses it.
-            std::weak_ptr<returns> q = returns_;
-            f.bytes->on_release([q, path = ref.path] {
-                if (auto rs = q.lock()) {
-                    std::lock_guard lk(rs->mu);
-                    rs->paths.push_back(path);
-                }
-            });
-        }
-        v = f.view();
-    }
-    r->meta = proto::decode<proto::engine_reply>(v);
-    r->frame = std::move(f);
-    release_one(r->meta.id, r->meta.origin == proto::reply_origin::refused);
+    // One target's reply, not a refusal: the request's other replies may still come.
+    r->meta = proto::error_reply(*id, proto::reply_origin::client, proto::no_engine, proto::error_kind::reply_lost,
+                                 "this client could not receive a reply: " + why);
+    release_one(*id, false);
     table_.file_reply(std::move(r));
 }
 
-void connection::release_one(std::uint64_t id, bool all) {
+void connection::file(proto::received_frame f) {
+    auto v = f.view();
+    const std::uint16_t type = v.type();
+    std::optional<std::uint64_t> id = proto::peek_id(v);
+    try {
+        if (proto::is(v, proto::message_type::output)) {
+            table_.file_output(proto::decode<proto::output>(v));
+            return;
+        }
+        if (proto::is(v, proto::message_type::engine_event)) {
+            table_.file_event(proto::decode<proto::engine_event>(v));
+            return;
+        }
+        auto r = std::make_shared<reply>();
+        if (proto::is(v, proto::message_type::control_reply)) {
+            r->control = proto::decode<proto::control_reply>(v);
+            r->meta.id = r->control->id;
+            r->meta.origin = proto::reply_origin::controller;
+            table_.file_reply(std::move(r));
+            return;
+        }
+        if (proto::is(v, proto::message_type::shm_frame)) {
+            const auto ref = proto::decode<proto::shm_frame>(v);
+            id = ref.id;
+            try {
+                f.bytes = proto::take_shm(ref);
+            } catch (const std::exception& e) {
+                // That reply is lost to us; the request fails, the connection lives on. It counts as
+                // one target's reply, not a refusal: the other targets may still be served from this
+                // request's segment, which must not be reused before them.
+                return lost(type, id, std::string("cannot map the reply in shared memory: ") + e.what());
+            }
+            if (ref.keep) {
+                // The job lends this segment: give it back once nothing here uses it.
+                std::weak_ptr<returns> q = returns_;
+                f.bytes->on_release([q, path = ref.path] {
+                    if (auto rs = q.lock()) {
+                        std::lock_guard lk(rs->mu);
+                        rs->paths.push_back(path);
+                    }
+                });
+            }
+            v = f.view();
+            if (!proto::is(v, proto::message_type::engine_reply))
+                throw proto::frame_error(std::string("a shared-memory reply holds a ") + proto::type_name(v.type()));
+        }
+        r->meta = proto::decode<proto::engine_reply>(v);
+        if (id && r->meta.id != *id) throw proto::frame_error("a shared-memory reply holds another request's reply");
+        r->frame = std::move(f);
+        const bool refused = r->meta.origin == proto::reply_origin::refused;
+        // A refused request's segment may be what was wrong with it (gone, not ours): never reuse it.
+        release_one(r->meta.id, refused, refused);
+        table_.file_reply(std::move(r));
+    } catch (const std::exception& e) {
+        lost(type, id, e.what());
+    }
+}
+
+void connection::release_one(std::uint64_t id, bool all, bool discard) {
     // Every target has replied (or the request was refused): no engine reads the request's
     // segment any more, so it may carry the next one.
     std::lock_guard lk(busy_mu_);
     auto it = busy_.find(id);
     if (it == busy_.end() || (!all && --it->second.remaining > 0)) return;
-    pool_->put(std::move(it->second.seg));
+    if (discard) ::unlink(it->second.seg.path.c_str());
+    else pool_->put(std::move(it->second.seg));
     busy_.erase(it);
 }
 

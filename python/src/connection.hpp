@@ -70,8 +70,12 @@ private:
     // One reply frame from the bridge into the table (a shared-memory one mapped first).
     void file(protocol::received_frame f);
     void add_returns(std::vector<protocol::outgoing_frame>& frames);
-    // One reply of `id` is in (all: the request was refused): its segment is free once all are.
-    void release_one(std::uint64_t id, bool all);
+    // One reply of `id` is in (all: the request was refused): its segment is free once all are
+    // (discard: removed rather than kept for reuse).
+    void release_one(std::uint64_t id, bool all, bool discard = false);
+    // A reply frame of `type` for request `id` that cannot be taken: the request gets a ReplyLost
+    // error for that reply; the connection goes on.
+    void lost(std::uint16_t type, std::optional<std::uint64_t> id, const std::string& why);
 
     int fd_ = -1;
     bool local_ = false;

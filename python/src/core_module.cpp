@@ -101,20 +101,21 @@ py::class_<T, Extra...> bind_struct(py::module_& m, const char* name) {
     return cls;
 }
 
-// Sends `msg` as request `id` to `targets` (empty: every live engine, or any for a task) with the
-// route flags `flags` added, expecting `replies` replies (one per target; a task or a control
-// request: one); a request without parts that names no shared_bufs shares all its buffers. The
+// Sends `msg` as request `id` to `targets` (empty: every engine alive after the client's
+// `deaths_seen` deaths, or any for a task) with the route flags `flags` added, expecting
+// `replies` replies (one per target; a task or a control request: one); a request without parts that names no shared_bufs shares all its buffers. The
 // route is filled in here, on the copy that is sent: one call from Python instead of an
 // attribute set each.
 template <class T>
 void send_as(connection& c, const T& msg_in, py::list bufs, bool direct, std::uint64_t id,
-             std::vector<std::int32_t> targets, std::uint32_t flags, std::size_t replies) {
+             std::vector<std::int32_t> targets, std::uint32_t flags, std::size_t replies, std::uint32_t deaths_seen) {
     std::vector<py::buffer_info> infos;
     auto spans = spans_of(bufs, infos);
     T msg = msg_in;
     msg.r.id = id;
     msg.r.targets = std::move(targets);
     msg.r.flags |= flags;
+    msg.r.deaths_seen = deaths_seen;
     if (msg.r.part_bufs.empty() && msg.r.shared_bufs == 0) msg.r.shared_bufs = static_cast<std::uint32_t>(spans.size());
     if (c.local()) msg.r.flags |= proto::reply_by_shm;
     auto frame = proto::encode(msg, std::move(spans));
@@ -238,7 +239,8 @@ PYBIND11_MODULE(_core, m) {
     py::enum_<proto::control_action>(m, "control_action")
         .value("abort", proto::control_action::abort)
         .value("queue_status", proto::control_action::queue_status)
-        .value("forget_client", proto::control_action::forget_client);
+        .value("forget_client", proto::control_action::forget_client)
+        .value("interrupt", proto::control_action::interrupt);
     py::enum_<proto::reply_status>(m, "reply_status").value("ok", proto::reply_status::ok).value("error", proto::reply_status::error);
     py::enum_<proto::reply_origin>(m, "reply_origin")
         .value("engine", proto::reply_origin::engine)

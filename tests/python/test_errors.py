@@ -787,7 +787,7 @@ def test_request_with_empty_parts_does_not_harm_the_job(rc):
         msg.r.targets = targets
         n = len(targets) or len(IDS)
         msg.r.part_bufs = [0] * n
-        rc._conn.send(msg, [], True, msg.r.id, list(msg.r.targets), 0, n)
+        rc._conn.send(msg, [], True, msg.r.id, list(msg.r.targets), 0, n, 0)
         outcome = rc._conn.wait_take(msg.r.id, 30)
         assert outcome is not None, "no reply within 30 s"
         replies, _ = outcome
@@ -801,7 +801,7 @@ def test_layout_that_does_not_add_up_is_refused(rc):
     msg = _core.push_request()
     msg.r.id = (rc._conn.client_no << 32) | 0xFFFF1000
     msg.r.shared_bufs = 3  # but no buffers are sent
-    rc._conn.send(msg, [], True, msg.r.id, [], 0, len(IDS))
+    rc._conn.send(msg, [], True, msg.r.id, [], 0, len(IDS), 0)
     outcome = rc._conn.wait_take(msg.r.id, 30)
     assert outcome is not None, "no reply within 30 s"
     (reply,), _ = outcome

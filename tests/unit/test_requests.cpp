@@ -23,14 +23,14 @@ received_frame frame_of(const T& msg, std::vector<std::string> bufs = {}) {
 }
 
 route to(std::vector<std::int32_t> targets, std::uint32_t shared = 0, std::vector<std::uint32_t> parts = {}) {
-    return route{request_id(4, 2), std::move(targets), shared, std::move(parts), 0};
+    return route{request_id(4, 2), std::move(targets), shared, std::move(parts), 0, 1};
 }
 
 const std::vector<bool> alive4(4, true);
 
 refusal refused(received_frame f, const std::vector<bool>& alive) {
     try {
-        check_request(std::move(f), alive);
+        check_request(std::move(f), alive, {});
     } catch (const refusal& r) {
         return r;
     }
@@ -40,9 +40,9 @@ refusal refused(received_frame f, const std::vector<bool>& alive) {
 }  // namespace
 
 TEST_CASE("requests: targets resolved, every engine when none are named", "[requests]") {
-    auto q = check_request(frame_of(pull_request{to({}), {"a"}, true}), alive4);
+    auto q = check_request(frame_of(pull_request{to({}), {"a"}, true}), alive4, {});
     CHECK(q.targets == std::vector<int>{0, 1, 2, 3});
-    q = check_request(frame_of(pull_request{to({2, 0}), {"a"}, true}), alive4);
+    q = check_request(frame_of(pull_request{to({2, 0}), {"a"}, true}), alive4, {});
     CHECK(q.targets == std::vector<int>{2, 0});
     CHECK(q.r.id == request_id(4, 2));
     CHECK_FALSE(q.task);
@@ -50,16 +50,25 @@ TEST_CASE("requests: targets resolved, every engine when none are named", "[requ
 
 TEST_CASE("requests: no targets means every live engine; a dead one named stays a target", "[requests]") {
     const std::vector<bool> alive = {true, false, true, true};
-    auto q = check_request(frame_of(pull_request{to({}), {"a"}, true}), alive);
+    auto q = check_request(frame_of(pull_request{to({}), {"a"}, true}), alive, {1});
     CHECK(q.targets == std::vector<int>{0, 2, 3});
-    q = check_request(frame_of(pull_request{to({1, 3}), {"a"}, true}), alive);
+    q = check_request(frame_of(pull_request{to({1, 3}), {"a"}, true}), alive, {1});
     CHECK(q.targets == std::vector<int>{1, 3});  // the controller answers EngineDied for 1
+    // A client that had not heard of the death meant engine 1 too: it gets its EngineDied.
+    auto r = to({});
+    r.deaths_seen = 0;
+    pull_request p{r, {"a"}, true};
+    q = check_request(frame_of(p), alive, {1});
+    CHECK(q.targets == std::vector<int>{0, 1, 2, 3});
+    p.r.deaths_seen = 1;
+    q = check_request(frame_of(p), alive, {1});
+    CHECK(q.targets == std::vector<int>{0, 2, 3});
 }
 
 TEST_CASE("requests: a task may run anywhere when it names no engines", "[requests]") {
     task_request t;
     t.r = to({});
-    const auto q = check_request(frame_of(t), alive4);
+    const auto q = check_request(frame_of(t), alive4, {});
     CHECK(q.task);
     CHECK(q.targets.empty());
 }

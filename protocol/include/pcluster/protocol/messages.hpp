@@ -82,7 +82,8 @@ enum route_flags : std::uint32_t {
 
 // Where a request goes and how its buffers are laid out. Every request starts with one.
 //   targets: engine ids, in the order the parts are given; empty means every engine (a task:
-//            any engine).
+//            any engine) the client knew alive: every engine alive now, and those that died
+//            after the client's `deaths_seen` deaths (the controller answers for them).
 //   shared_bufs: the first `shared_bufs` frame buffers go to every target.
 //   part_bufs: empty, or one count per target: the next part_bufs[k] buffers go to targets[k] only.
 //   flags: route_flags bits.
@@ -92,7 +93,8 @@ struct route {
     std::uint32_t shared_bufs = 0;
     std::vector<std::uint32_t> part_bufs;
     std::uint32_t flags = 0;
-    PCLUSTER_FIELDS(route, id, targets, shared_bufs, part_bufs, flags)
+    std::uint32_t deaths_seen = 0;  // engine deaths the client knew of when it sent the request
+    PCLUSTER_FIELDS(route, id, targets, shared_bufs, part_bufs, flags, deaths_seen)
 };
 
 struct challenge {

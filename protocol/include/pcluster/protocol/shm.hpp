@@ -25,7 +25,10 @@ inline constexpr const char* shm_prefix = "pcluster-";
 struct shm_out {
     std::string path;
     std::shared_ptr<byte_buffer> map;
+    std::uint64_t ino = 0;  // the file's inode: a kept segment whose name no longer leads to it is not reused
 };
+// Whether `s`'s name still leads to its file (nobody removed or replaced it).
+bool shm_intact(const shm_out& s);
 shm_out create_shm(const std::string& owner, std::uint64_t size);
 
 // Maps the first ref.size bytes of the file named by `ref`, unlinking it unless ref.keep (then
@@ -52,7 +55,8 @@ bool has_shm_leftovers(const std::string& owner);
 // than the copy into them (here ~60 ms per 100 MiB against 8 ms), so the client keeps its
 // request segments and the controller its reply segments once they come back. get() returns the
 // smallest kept segment that fits without wasting more than half of it, else a new one (rounded
-// up to a MiB); put() keeps a segment, removing the oldest beyond the limits. Thread-safe.
+// up to a MiB); put() keeps a segment, removing the oldest beyond the limits. A kept segment
+// that someone removed meanwhile is forgotten, never handed out. Thread-safe.
 class shm_pool {
 public:
     struct limits {

@@ -44,6 +44,10 @@ struct direct_head {
     std::uint64_t common_len;
     std::uint64_t part_len;
     std::uint64_t has_parts;
+    // Deaths the controller had seen when it issued this request: the engine runs it only once
+    // it is in that epoch too (its communicators rebuilt), so user code never meets a
+    // communicator that still holds a dead engine.
+    std::uint64_t epoch = 0;
 };
 
 // The envelope of a job with n engines: head | slot[n] | inline request bytes.
