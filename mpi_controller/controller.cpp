@@ -7,7 +7,10 @@
 #include <ctime>
 #include <cstdio>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <sstream>
 #include <optional>
 #include <system_error>
 
@@ -21,6 +24,7 @@
 #include "pcluster/mpi/idle.hpp"
 #include "pcluster/protocol/codec.hpp"
 #include "pcluster/protocol/config.hpp"
+#include "pcluster/protocol/connection_file.hpp"
 #include "pcluster/protocol/shm.hpp"
 #include "requests.hpp"
 #include "task_farm.hpp"
@@ -43,6 +47,17 @@ std::string hostname() {
     gethostname(buf, sizeof buf - 1);
     return buf;
 }
+
+// Removes the connection file if it is still the one the dead bridge (pid) wrote.
+void remove_connection_file(const std::string& path, pid_t bridge_pid) {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    try {
+        if (proto::connection_info_from_json(text.str()).bridge_pid == bridge_pid) std::filesystem::remove(path);
+    } catch (const std::exception&) {
+    }
+}
 }  // namespace
 
 // Rank 0's event loop: requests from the bridge go to the engines (or the task farm), replies
@@ -50,11 +65,17 @@ std::string hostname() {
 // non-blocking; it idles in ppoll on the bridge's socket between polls (wire::backoff).
 class controller {
 public:
-    controller(const wire::job_comms& comms, std::vector<proto::engine_info> engines, int bridge_fd)
-        : n_(comms.n_engines()), engines_(std::move(engines)), link_(bridge_fd), channels_(comms), watch_(comms, engines_),
-          farm_(n_, static_cast<int>(config::integer(config::knob::task_prefetch))),
+    controller(const wire::job_comms& comms, std::vector<proto::engine_info> engines, const std::optional<started_bridge>& bridge)
+        : n_(comms.n_engines()), engines_(std::move(engines)), link_(bridge ? bridge->fd : -1), channels_(comms),
+          watch_(comms, engines_), farm_(n_, static_cast<int>(config::integer(config::knob::task_prefetch))),
           reply_pool_("s" + std::to_string(getpid()), {8, std::uint64_t{4} << 30}) {
-        link_.gone = [this](const std::string&) { stop("the bridge is gone"); };
+        link_.gone = [this, bridge](const std::string& why) {
+            // Nobody can reach the job any more: end it (bounded, see escalate_shutdown), and
+            // take its connection file along so no client finds a dead job there.
+            if (bridge) remove_connection_file(bridge->ready.connection_file, bridge->pid);
+            end_reason_ = "the bridge died (" + why + ")";
+            stop(end_reason_);
+        };
         if (!watch_.recovery())
             spdlog::info("an engine's death ends this job (mpirun aborts it): start it with `mpirun --enable-recovery` "
                          "to keep the job running when an engine dies");
@@ -87,6 +108,7 @@ public:
                 link_.finish(end_reason_);
                 return false;
             }
+            if (stopping_ && !escalate_shutdown()) return false;
             progress |= link_.read([this](proto::received_frame f) { accept(std::move(f)); });
             progress |= farm_.expire();
             progress |= dispatch_tasks();  // after read: what arrived first was issued first
@@ -220,18 +242,42 @@ private:
         }
         if (q.shutdown()) {
             end_reason_ = "a client shut the job down (rc.shutdown())";
-            stopping_ = true;
-            farm_.abort_all("the job is shutting down");
+            begin_stopping();
         }
         channels_.issue(q);
+    }
+
+    void begin_stopping() {
+        stopping_ = true;
+        stopping_since_ = std::chrono::steady_clock::now();
+        farm_.abort_all("the job is shutting down");
+    }
+
+    // A shutdown must end within a bound even while engines run code that does not end: after
+    // PCLUSTER_SHUTDOWN_GRACE_S the running code is interrupted (KeyboardInterrupt), and 5 s
+    // later the engines still busy are told to exit. False: give up waiting, end now.
+    bool escalate_shutdown() {
+        const auto since = std::chrono::steady_clock::now() - stopping_since_;
+        if (!interrupted_at_shutdown_ && since > shutdown_grace_) {
+            spdlog::warn("engines still run code {:.0f} s after the shutdown began: interrupting it",
+                         std::chrono::duration<double>(since).count());
+            watch_.send_all_alive({wire::control_kind::interrupt, -1, 0, 0});
+            interrupted_at_shutdown_ = true;
+        }
+        if (since > shutdown_grace_ + std::chrono::seconds(5)) {
+            spdlog::warn("engines did not stop after the interrupt: telling them to exit");
+            watch_.send_all_alive({wire::control_kind::exit_now, -1, 0, 0});
+            link_.finish(end_reason_);
+            return false;
+        }
+        return true;
     }
 
     // Ends the job from here: the engines get a shutdown request of the controller's own.
     void stop(const std::string& why) {
         if (stopping_) return;
         spdlog::debug("stopping: {}", why);
-        stopping_ = true;
-        farm_.abort_all("the job is shutting down");
+        begin_stopping();
         std::vector<int> live;
         for (int e = 0; e < n_; ++e)
             if (watch_.alive(e)) live.push_back(e);
@@ -333,6 +379,9 @@ private:
     std::string end_reason_ = "the job ended";
     bool ended_by_death_ = false;  // without recovery: an engine's death is why the job ends
     bool stopping_ = false;
+    std::chrono::steady_clock::time_point stopping_since_;
+    std::chrono::duration<double> shutdown_grace_{config::number(config::knob::shutdown_grace_s)};
+    bool interrupted_at_shutdown_ = false;
 };
 
 int run(MPI_Comm world, const options& opt) {
@@ -361,11 +410,11 @@ int run(MPI_Comm world, const options& opt) {
     }
     bool clean;
     {
-        controller c(comms, info.engines, bridge ? bridge->fd : -1);
+        controller c(comms, info.engines, bridge);
         clean = c.run();
     }
     if (bridge) reap_bridge(bridge->pid);
-    if (!clean) std::_Exit(128 + static_cast<int>(stop_signal));  // engines gone or stuck: MPI_Finalize would hang
+    if (!clean) std::_Exit(stop_signal ? 128 + static_cast<int>(stop_signal) : 3);  // engines gone or stuck: MPI_Finalize would hang
     return bridge ? 0 : 1;
 }
 

@@ -56,6 +56,13 @@ bool output_capture::write(int stream, std::string_view text) {
 
 std::pair<std::string, std::string> output_capture::finish(std::unique_lock<std::mutex>& send) {
     (void)send;
+    for (;;) {
+        {
+            std::lock_guard lk(mu_);
+            if (out_[0].size() <= max_chunk && out_[1].size() <= max_chunk) break;
+        }
+        if (!send_one_locked()) break;
+    }
     std::lock_guard lk(mu_);
     capturing_ = false;
     if (dropped_) {
@@ -81,10 +88,19 @@ void output_capture::stream_loop() {
 
 void output_capture::send_chunk() {
     std::lock_guard send(send_mu_);
+    if (!send_one_locked()) {
+        // The reply still carries what was not sent; stop streaming rather than end the engine.
+        spdlog::error("engine {}: streaming output failed; output now comes with replies only", engine_);
+        std::lock_guard lk(mu_);
+        streaming_ = false;
+    }
+}
+
+bool output_capture::send_one_locked() {
     protocol::output o;
     {
         std::lock_guard lk(mu_);
-        if (!capturing_) return;  // finish() came first: the reply carries it all
+        if (!capturing_) return true;  // finish() came first: the reply carries it all
         o.id = id_;
         o.engine = engine_;
         for (int k = 0; k < 2; ++k) {
@@ -97,12 +113,7 @@ void output_capture::send_chunk() {
         }
     }
     const auto bytes = protocol::encode(o).flatten();
-    if (MPI_Send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, 0, mpi_wire::tag_output, comm_) != MPI_SUCCESS) {
-        // The reply still carries what was not sent; stop streaming rather than end the engine.
-        spdlog::error("engine {}: streaming output failed; output now comes with replies only", engine_);
-        std::lock_guard lk(mu_);
-        streaming_ = false;
-    }
+    return MPI_Send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, 0, mpi_wire::tag_output, comm_) == MPI_SUCCESS;
 }
 
 }  // namespace pcluster::engine

@@ -30,8 +30,9 @@ public:
     void begin(std::uint64_t id, bool capture);
     // False when no request captures: the caller writes to the real stream instead.
     bool write(int stream, std::string_view text);
-    // Stops capturing; returns what was not streamed (stdout, stderr). `send` must hold
-    // send_mutex() (see the class comment).
+    // Stops capturing; returns what was not streamed (stdout, stderr) - at most max_chunk of each:
+    // more goes out first as output messages, so a reply's header stays small whatever was
+    // printed (a reply's meta is limited to 16 MiB). `send` must hold send_mutex().
     std::pair<std::string, std::string> finish(std::unique_lock<std::mutex>& send);
     std::mutex& send_mutex() { return send_mu_; }
 
@@ -43,6 +44,9 @@ private:
 
     void stream_loop();
     void send_chunk();
+    // Takes up to max_chunk of each stream and sends it as one output message; mu_ must not be
+    // held, send_mu_ must be. False when the send failed (streaming then stops).
+    bool send_one_locked();
 
     const int engine_;
     const MPI_Comm comm_;

@@ -190,7 +190,10 @@ void watch::handle(const wire::control_msg& m) {
         rebuild(m.b, m.a, m.engine);
         return;
     case wire::control_kind::exit_now:
-        std::fprintf(stderr, "pcluster engine %d: the controller counted this engine as dead; exiting\n", id_);
+        std::fprintf(stderr,
+                     "pcluster engine %d: the controller told it to exit (it counted this engine as dead, or a "
+                     "shutdown could not wait for its code any longer)\n",
+                     id_);
         std::fflush(stderr);
         ::_exit(71);
     default:

@@ -206,6 +206,18 @@ def _execute(msg, shared, part):
     return None
 
 
+def _cut(text):
+    """A reply's header holds at most 16 MiB: long texts (an exception's message, a traceback, an
+    execute result) are cut at PCLUSTER_MAX_REPLY_TEXT characters, saying so. What a request
+    prints is never cut: it goes out in output messages."""
+    if len(text) <= _MAX_TEXT:
+        return text
+    return f"{text[:_MAX_TEXT]}\n… {len(text) - _MAX_TEXT} characters cut (PCLUSTER_MAX_REPLY_TEXT={_MAX_TEXT})"
+
+
+_MAX_TEXT = _core.setting("PCLUSTER_MAX_REPLY_TEXT")
+
+
 class _ExecuteResult(str):
     """The repr of a cell's final expression: goes in the reply's execute_result."""
 
@@ -350,7 +362,7 @@ def handle(frame, part):
             _current = msg_id
         result = _handlers[type(msg)](msg, shared, parts)
         if type(result) is _ExecuteResult:
-            execute_result = str(result)
+            execute_result = _cut(str(result))
             result = None
         try:
             bufs = serialize.dumps(result)
@@ -363,9 +375,11 @@ def handle(frame, part):
             rep.execute_result = execute_result
     except BaseException as e:  # noqa: B036 - the boundary must catch SystemExit/KeyboardInterrupt too
         bufs = []
-        ename, evalue = type(e).__name__, _safe_str(e)
+        ename, evalue = type(e).__name__, _cut(_safe_str(e))
         try:
             tb = _remote_traceback(e)
+            if sum(map(len, tb)) > _MAX_TEXT:
+                tb = [_cut("".join(tb))]
         except BaseException:  # noqa: B036 - a hostile exception must not break the reply
             tb = [f"{ename}: {evalue}\n"]
         rep = _core.error_reply(msg_id, _ENGINE, _id, _NO_KIND, ename, evalue, tb)

@@ -417,14 +417,19 @@ class Client:
                 first.wait(interval)
 
     def shutdown(self, targets="all", block=True, timeout=60):
-        """End the job: engines stop, the controller and bridge exit, mpirun returns 0 and the
-        connection file is removed. Waits (bounded by timeout) until the job has ended."""
+        """End the job: engines stop, the controller and bridge exit and the connection file is
+        removed. Code still running gets PCLUSTER_SHUTDOWN_GRACE_S (10 s) to finish, is then
+        interrupted, and engines that still do not stop are told to exit 5 s later. Waits
+        (bounded by timeout) until the job has ended."""
         if targets not in ("all", None) and sorted(self._resolve(targets)) != self.ids:
             raise ValueError("shutdown ends the whole job; stopping single engines is not supported")
         ar = self._submit(_core.shutdown_request(), [], self.ids, "shutdown", block=True)
         if not block:
             return ar
-        ar.get(timeout)
+        try:
+            ar.get(timeout)
+        except JobEndedError:
+            pass  # ended before every engine answered (some had to be told to exit): ended all the same
         # The bridge says goodbye (and removes the connection file) as the job ends.
         deadline = time.monotonic() + timeout
         while not self._conn.closed and time.monotonic() < deadline:

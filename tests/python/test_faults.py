@@ -349,3 +349,47 @@ def test_python_failures_never_kill_an_engine(rc, code, ename):
     else:
         ar.get(30)
     assert rc[0].apply_sync(engine_id) == 0
+
+
+# --------------------------------------------------------------------------- ending without waiting forever
+def test_texts_of_any_size_reach_the_client(rc):
+    """What a request prints is never cut (it leaves in output messages); an exception's message
+    and an execute result are cut at PCLUSTER_MAX_REPLY_TEXT with a note - no reply's header can
+    outgrow the frame limit and take the connection or the job down."""
+    ar = rc[0].execute("print('x' * 20_000_000)", block=False)
+    ar.get(60)
+    assert len(ar.stdout) == 20_000_001 and ar.stdout.count("x") == 20_000_000
+    with pytest.raises(pcluster.RemoteError) as ei:
+        rc[0].execute("raise ValueError('y' * 20_000_000)")
+    assert ei.value.evalue.startswith("y" * 1000)
+    assert "characters cut (PCLUSTER_MAX_REPLY_TEXT=" in ei.value.evalue
+    ar = rc[0].execute("'z' * 20_000_000", silent=False)
+    assert "characters cut" in ar.execute_result
+    assert rc[:].apply(engine_id) == rc.ids
+
+
+def test_shutdown_ends_within_a_bound_while_code_runs(start_job):
+    j = start_job(3, env={"PCLUSTER_SHUTDOWN_GRACE_S": "2"})
+    with pcluster.Client(str(j.path)) as rc:
+        rc[0].execute("while True: pass", block=False)
+        rc[1].execute("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntry:\n"
+                      "    time.sleep(1000)\nexcept BaseException:\n    time.sleep(1000)", block=False)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        rc.shutdown(timeout=EXIT_TIMEOUT)
+    # the loop is interrupted after the grace; the code that swallows the interrupt is ended
+    assert j.wait_exit(EXIT_TIMEOUT) is not None, j.describe()
+    assert time.monotonic() - t0 < 2 + 5 + 5, j.describe()
+    assert not j.path.exists()
+
+
+def test_bridge_death_ends_the_job_and_its_connection_file(start_job):
+    j = start_job(3)
+    info = j.wait_ready()
+    with pcluster.Client(str(j.path)) as rc:
+        rc[0].execute("import time; time.sleep(1000)", block=False)  # a long cell does not hold the job
+        os.kill(info["bridge_pid"], signal.SIGKILL)
+        with pytest.raises(pcluster.JobEndedError):
+            rc[1].apply_sync(engine_id)
+    assert j.wait_exit(EXIT_TIMEOUT) is not None, j.describe()
+    assert not j.path.exists(), "the dead bridge's connection file was left behind"

@@ -42,6 +42,10 @@ namespace pcluster::config {
       "s of silence after which a peer on another host counts as dead (same host: noticed at once)")            \
     X(interrupt_signal, "PCLUSTER_INTERRUPT_SIGNAL", integer, "2", 0, 8, "engines",                               \
       "which real-time signal (SIGRTMIN + n) interrupts an engine's running code")                              \
+    X(max_reply_text, "PCLUSTER_MAX_REPLY_TEXT", integer, "1048576", 1024, 4194304, "engines",                    \
+      "characters of an exception's message, its traceback or an execute result kept in a reply (the rest is cut, with a note)") \
+    X(shutdown_grace_s, "PCLUSTER_SHUTDOWN_GRACE_S", number, "10", 0, 86400, "controller",                        \
+      "s running code may finish after a shutdown; then it is interrupted, and 5 s later the engines exit")   \
     X(ctrl_c_interrupts, "PCLUSTER_CTRL_C_INTERRUPTS", flag, "0", 0, 1, "client",                                 \
       "1: Ctrl-C in a blocking call interrupts the engines' code too; 0: it only stops waiting")               \
     X(connection_file, "PCLUSTER_CONNECTION_FILE", text, "", 0, 0, "pcluster, client",                             \
