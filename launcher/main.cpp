@@ -59,7 +59,8 @@ int main(int argc, char** argv) {
             if (std::strcmp(argv[1], cmd) == 0) run_python_cli(argc, argv);
     pcluster::controller::options opt;
     CLI::App app{"pcluster: interactive parallel Python over MPI.\n"
-                 "Start with `mpirun -n N pcluster`: rank 0 becomes the controller, ranks 1..N-1 Python engines;\n"
+                 "Start with `mpirun --enable-recovery -n N pcluster`: rank 0 becomes the controller, ranks 1..N-1\n"
+                 "Python engines (--enable-recovery keeps the job when an engine dies; srun does so by itself);\n"
                  "clients attach through the connection file with pcluster.Client().\n"
                  "Managing jobs (no MPI needed): pcluster submit | jobs | attach | cancel | run  (each with --help)."};
     app.add_option("-f,--connection-file", opt.connection_file,
