@@ -125,9 +125,23 @@ public:
                 idle.reset();
                 continue;
             }
+            // A ring that came before its message reached a sleeping engine must not cost it its
+            // doorbell's timeout: ring engines that owe replies again, every millisecond.
+            if (const auto now = std::chrono::steady_clock::now(); now - last_ring_ > std::chrono::milliseconds(1)) {
+                channels_.ring_owed();
+                last_ring_ = now;
+            }
             // While transfers are under way keep polling (yielding): they only advance when we do.
-            const std::int64_t s = idle.next_sleep(channels_.transferring());
+            std::int64_t s = idle.next_sleep(channels_.transferring());
             if (s == 0) continue;
+            if (channels_.quiet() && !stopping_ && idle.dozing()) {
+                // Nothing in flight, no reply awaited: sleep until the bridge, an engine's death,
+                // the next heartbeat or a task's timeout (an idle job wakes about once a second).
+                auto until = watch_.next_beat();
+                if (auto d = farm_.next_deadline()) until = std::min(until, *d);
+                s = std::max<std::int64_t>(s, std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                  until - std::chrono::steady_clock::now()).count());
+            }
             // Sleep in ppoll so a request from the bridge, or an engine's death, wakes us at once.
             auto fds = watch_.pollfds();
             if (link_.open()) fds.push_back({link_.fd(), static_cast<short>(POLLIN | (link_.has_output() ? POLLOUT : 0)), 0});
@@ -382,6 +396,7 @@ private:
     std::chrono::steady_clock::time_point stopping_since_;
     std::chrono::duration<double> shutdown_grace_{config::number(config::knob::shutdown_grace_s)};
     bool interrupted_at_shutdown_ = false;
+    std::chrono::steady_clock::time_point last_ring_{};
 };
 
 int run(MPI_Comm world, const options& opt) {

@@ -16,7 +16,7 @@ namespace proto = pcluster::protocol;
 namespace wire = pcluster::mpi_wire;
 
 engine_channels::engine_channels(const wire::job_comms& comms)
-    : collective_(comms.collective), direct_(comms.direct), reply_(comms.reply), control_(comms.control),
+    : collective_(comms.collective), direct_(comms.direct), reply_(comms.reply), control_(comms.control), bell_(comms.bell),
       n_(comms.n_engines()), alive_(static_cast<std::size_t>(n_), true), rank_of_(static_cast<std::size_t>(n_)),
       direct_sent_(static_cast<std::size_t>(n_), 0), awaited_(static_cast<std::size_t>(n_)) {
     for (int e = 0; e < n_; ++e) rank_of_[static_cast<std::size_t>(e)] = e + 1;
@@ -41,10 +41,25 @@ void engine_channels::issue(const request& q) {
     }
     if (every_live_engine && collective_whole_) {
         issue_collective(q, l);
+        // Every engine, targeted or not: one that only forwards the broadcast must poll too.
+        if (bell_) bell_->ring_all();
     } else {
         for (std::size_t k = 0; k < q.targets.size(); ++k)
-            if (alive(q.targets[k])) issue_direct(q, l, k);
+            if (alive(q.targets[k])) {
+                issue_direct(q, l, k);
+                if (bell_) bell_->ring(q.targets[k]);
+            }
     }
+}
+
+bool engine_channels::quiet() const {
+    return inflight_.empty() && std::all_of(awaited_.begin(), awaited_.end(), [](const auto& q) { return q.empty(); });
+}
+
+void engine_channels::ring_owed() {
+    if (!bell_) return;
+    for (int e = 0; e < n_; ++e)
+        if (!awaited_[static_cast<std::size_t>(e)].empty()) bell_->ring(e);
 }
 
 void engine_channels::issue_direct(const request& q, const proto::request_layout& l, std::size_t k) {

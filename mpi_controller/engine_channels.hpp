@@ -58,6 +58,11 @@ public:
     // Advances transfers in flight and a rebuild; whether anything completed.
     bool progress();
     bool transferring() const { return !inflight_.empty(); }
+    // Nothing in flight and no reply awaited: the controller may sleep until a socket wakes it.
+    bool quiet() const;
+    // Rings the doorbell of every engine that owes a reply (a safety net: a ring sent before a
+    // broadcast physically reached a sleeping engine would otherwise be lost until its timeout).
+    void ring_owed();
     // Receives what the engines sent: each reply lands where land(len, awaited) says, each
     // streamed output frame goes to on_output, each epoch report to on_epoch(engine, done,
     // epoch). Whether anything came.
@@ -98,6 +103,7 @@ private:
     void finish_rebuild();
 
     MPI_Comm collective_, direct_, reply_, control_;
+    std::shared_ptr<mpi_wire::doorbell> bell_;
     int n_;
     std::vector<bool> alive_;
     std::vector<int> rank_of_;  // engine -> its rank in the current collective communicator

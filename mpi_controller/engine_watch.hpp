@@ -47,6 +47,8 @@ public:
     void send_all_alive(const mpi_wire::control_msg& m);
 
     bool alive(int engine) const { return alive_[static_cast<std::size_t>(engine)]; }
+    // When poll() is next due to send heartbeats.
+    clock::time_point next_beat() const { return next_beat_; }
     const std::vector<bool>& alive_map() const { return alive_; }
     // Whether a job on this launch survives an engine's death (mpirun --enable-recovery, or srun
     // without --kill-on-bad-exit); without it mpirun ends the whole job moments later.

@@ -26,6 +26,8 @@ public:
     std::vector<request> dispatch();
     // Drops tasks whose dependency timeout passed; whether any were.
     bool expire();
+    // When expire() next has work (a task's dependency timeout), if ever.
+    std::optional<sched_clock::time_point> next_deadline() const { return sched_.next_deadline(); }
     // A task's reply came from `engine`: whether to forward it to the client (done, or failed
     // for good) or drop it (it will be tried again elsewhere).
     bool on_reply(std::uint64_t id, int engine, const protocol::frame_view& reply);

@@ -86,7 +86,7 @@ public:
     engine(const wire::job_comms& comms, py::module_ kernel)
         : id_(comms.world.rank() - 1), n_(comms.n_engines()), kernel_(std::move(kernel)),
           collective_(comms.collective), direct_(comms.direct), reply_(comms.reply), envelope_(wire::envelope_layout(n_).size()),
-          direct_buf_(wire::direct_message_size), capture_(id_, reply_), watch_(comms, pthread_self()) {
+          direct_buf_(wire::direct_message_size), capture_(id_, reply_), watch_(comms, pthread_self()), bell_(comms.bell) {
         current_capture = &capture_;
         // Every thread of ours exists now, with the interrupt signal blocked (launcher's main):
         // only this one, which runs Python, takes it.
@@ -134,6 +134,12 @@ public:
                 direct_ready_ = false;
                 post_direct();
                 idle.reset();
+            } else if (bell_ && idle.dozing()) {
+                // Idle for a while: sleep in the kernel until the controller rings (or 1 s).
+                bell_->sleep(id_, std::chrono::milliseconds(1000), [&] {
+                    poll_both();
+                    return !runnable() && watch_.epoch() == epoch_;
+                });
             } else {
                 idle.idle();
             }
@@ -146,6 +152,11 @@ public:
     }
 
 private:
+    bool runnable() const {
+        return (collective_ready_ && slot().direct_before <= direct_done_) ||
+               (direct_ready_ && dhead_.collective_before <= collective_done_ && dhead_.epoch <= epoch_);
+    }
+
     // One progress call for both channels: with oversubscription Open MPI yields the core inside
     // every idle progress call, so two separate tests would mean two context switches.
     void poll_both() {
@@ -157,6 +168,9 @@ private:
             if (idx[i] == 0) {
                 collective_ready_ = true;
                 collective_req_ = MPI_REQUEST_NULL;
+                // Every engine takes part in a collective request, and one that forwards the
+                // broadcast may be what the others wait for: wake the sleepers (cheap if none).
+                if (bell_) bell_->ring_all();
             } else {
                 direct_ready_ = true;
                 direct_req_ = MPI_REQUEST_NULL;
@@ -330,6 +344,7 @@ private:
     wire::direct_head dhead_{};
     output_capture capture_;
     watch watch_;
+    std::shared_ptr<wire::doorbell> bell_;  // null: not on the controller's host
     bool collective_ready_ = false, direct_ready_ = false, stop_ = false;
     std::uint64_t collective_done_ = 0, direct_done_ = 0;
     std::uint64_t epoch_ = 0;  // deaths seen: which collective communicator is current

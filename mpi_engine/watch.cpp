@@ -80,6 +80,7 @@ watch::watch(const wire::job_comms& comms, pthread_t main)
       control_(comms.control),
       engines_private_(*comms.engines_private),
       controller_(comms.controller),
+      bell_(comms.bell),
       beat_every_(config::number(config::knob::heartbeat_s)),
       dead_after_(config::number(config::knob::dead_after_s)) {
     for (int e = 0; e < n_; ++e) alive_.push_back(e);
@@ -171,9 +172,12 @@ void watch::rebuild(std::uint64_t epoch, std::uint64_t issued, int dead) {
         spdlog::critical("engine {}: cannot rebuild the communicators after engine {} died", id_, dead);
         ::_exit(72);
     }
-    std::lock_guard lk(mu_);
-    changes_.push_back(std::move(c));
-    epoch_.store(epoch, std::memory_order_release);
+    {
+        std::lock_guard lk(mu_);
+        changes_.push_back(std::move(c));
+        epoch_.store(epoch, std::memory_order_release);
+    }
+    if (bell_) bell_->ring(id_);  // the main loop switches epochs now, not after its next timeout
 }
 
 void watch::handle(const wire::control_msg& m) {

@@ -77,6 +77,7 @@ private:
     const MPI_Comm control_;
     const MPI_Comm engines_private_;
     const protocol::engine_info controller_;
+    const std::shared_ptr<mpi_wire::doorbell> bell_;  // rung after a rebuild: the main loop may sleep
     const std::chrono::duration<double> beat_every_, dead_after_;
     int controller_pidfd_ = -1;
     std::atomic<std::uint64_t> epoch_{0};

@@ -420,7 +420,8 @@ def cmd_run(argv):
         signal.signal(signal.SIGTERM, old)
         if drv is not None and drv.poll() is None:
             _stop(drv, 5)
-        _end_job(job, path)
+        # After a SIGTERM, SLURM signalled the job's ranks too: no shutdown through a client.
+        _end_job(job, path, polite=not stopping)
 
 
 def _stop(proc, grace):
@@ -436,10 +437,10 @@ def _stop(proc, grace):
             continue
 
 
-def _end_job(job, path):
+def _end_job(job, path, polite=True):
     """Shut the job down through a client (unless the driver did), then wait for the launcher;
     every step bounded."""
-    if job.poll() is None and path.exists():
+    if polite and job.poll() is None and path.exists():
         try:
             import pcluster
 
@@ -449,7 +450,7 @@ def _end_job(job, path):
             if job.poll() is None:
                 say(f"could not shut the job down through a client ({e}); stopping its launcher", file=sys.stderr)
     try:
-        job.wait(60)
+        job.wait(60 if polite else 10)
     except subprocess.TimeoutExpired:
         _stop(job, 10)
 

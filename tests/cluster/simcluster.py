@@ -3,7 +3,8 @@
 
 Each compute "host" (h1, h2) is a network namespace on a bridge, entered together with a
 private UTS namespace (its own hostname) and a private mount namespace (its own /tmp, which
-SLURM's PMIx needs: it creates /tmp/spmix_appdir_* per node). The root namespace is the
+SLURM's PMIx needs: it creates /tmp/spmix_appdir_* per node, and its own /etc/hosts, where the
+login node's name is its cluster address, as on a real node). The root namespace is the
 "login node": it holds slurmctld, the bridge address 10.77.0.1 and the clients. Everything
 every node must see (config, munge socket, a shared directory for connection files and job
 output) lives in a state directory outside /tmp, like an NFS home.
@@ -194,9 +195,9 @@ class SimCluster:
             return []
         if host not in self.hosts:
             raise ValueError(f"unknown host {host!r} (hosts: {', '.join(self.hosts)})")
-        enter = 'hostname "$0" && mount --bind "$1" /tmp && shift && exec "$@"'
+        enter = 'hostname "$0" && mount --bind "$1" /tmp && mount --bind "$2" /etc/hosts && shift 2 && exec "$@"'
         return ["nsenter", f"--net=/run/netns/{host}", "unshare", "--uts", "--mount", "--propagation", "private",
-                "/bin/sh", "-c", enter, host, str(self._host_tmp(host))]
+                "/bin/sh", "-c", enter, host, str(self._host_tmp(host)), str(self._host_hosts(host))]
 
     def run_on(self, host, argv, timeout, **kw):
         """subprocess.run(argv) inside `host` (h1, h2; None or the login name: root namespace).
@@ -215,6 +216,7 @@ class SimCluster:
         self.down()
         try:
             self._prepare_state_dir()
+            self._write_host_files()
             self._write_slurm_conf()
             self._write_rsh_agent()
             self._network_up()
@@ -300,6 +302,18 @@ class SimCluster:
     # ----------------------------------------------------------------------- state dir and files
     def _host_tmp(self, host):
         return self.state_dir / "hosts" / host / "tmp"
+
+    def _host_hosts(self, host):
+        return self.state_dir / "hosts" / host / "hosts"
+
+    def _write_host_files(self):
+        """Each compute host's own /etc/hosts, as a real node's: the login node by its name at its
+        cluster address (here the root namespace's /etc/hosts may map that name to loopback),
+        every node by its name."""
+        for h in self.hosts:
+            lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback",
+                     f"{LOGIN_ADDR} {self.login}"] + [f"{self.addr[n]} {n}" for n in self.hosts]
+            self._host_hosts(h).write_text("\n".join(lines) + "\n")
 
     def _check_state_dir(self):
         if self.state_dir.exists() and any(self.state_dir.iterdir()) and not (self.state_dir / SENTINEL).exists():
@@ -393,13 +407,15 @@ class SimCluster:
 
         Like ssh, the command words are joined and parsed by a shell. The login host runs it as is.
         """
-        cases = "".join(f"  {h}|{self.addr[h]}) enter {h} {self._host_tmp(h)} \"$*\" ;;\n" for h in self.hosts)
+        cases = "".join(f"  {h}|{self.addr[h]}) enter {h} {self._host_tmp(h)} {self._host_hosts(h)} \"$*\" ;;\n"
+                        for h in self.hosts)
         script = f"""#!/bin/sh
 # rsh agent for Open MPI in the simulated cluster (written by simcluster.py).
 # Usage (as Open MPI calls ssh): nsrsh HOST COMMAND...
-enter() {{  # HOST TMPDIR COMMAND: its network namespace, its hostname, its private /tmp
+enter() {{  # HOST TMPDIR HOSTSFILE COMMAND: its network namespace, hostname, private /tmp and /etc/hosts
   exec nsenter --net=/run/netns/"$1" unshare --uts --mount --propagation private \\
-    /bin/sh -c 'hostname "$0" && mount --bind "$1" /tmp && exec /bin/sh -c "$2"' "$1" "$2" "$3"
+    /bin/sh -c 'hostname "$0" && mount --bind "$1" /tmp && mount --bind "$2" /etc/hosts && exec /bin/sh -c "$3"' \\
+    "$1" "$2" "$3" "$4"
 }}
 host=$1; shift
 case "$host" in
@@ -460,7 +476,7 @@ esac
         return [n for n in names if Path(f"/sys/class/net/{n}").exists()]
 
     def _add_hosts_lines(self):
-        """Node names must resolve on every host (they share /etc/hosts)."""
+        """Node names must resolve on the login node too (the root namespace's /etc/hosts)."""
         self._remove_hosts_lines()
         lines = "".join(f"{self.addr[h]} {h} {HOSTS_MARK}\n" for h in self.hosts)
         # Rewritten in place, not replaced: /etc/hosts is often a bind mount in containers.

@@ -95,12 +95,32 @@ class MpirunLauncher:
         return cmd + [pcluster_exe()] + list(args)
 
 
-# A SLURM launcher would be e.g.
-#   class SrunLauncher:
-#       name = "srun"
-#       def command(self, nranks, args): return ["srun", "-n", str(nranks), pcluster_exe(), *args]
-# registered here and chosen with --pcluster-launcher=srun.
-LAUNCHERS = {"mpirun": MpirunLauncher}
+class SrunLauncher:
+    """`srun --mpi=pmix -N 2 -n N pcluster ARGS`: the ranks on the nodes of a SLURM cluster (the
+    simulated one: `/usr/bin/python3 tests/cluster/simcluster.py up`, export what it prints), the
+    tests on its login node. Connection files must be where every node sees them: run pytest with
+    --basetemp in such a directory (tests/cluster/test_slurm.py reruns tests this way).
+    PCLUSTER_TEST_SRUN_NODES sets -N (default 2)."""
+
+    name = "srun"
+
+    def __init__(self):
+        try:
+            out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as e:
+            pytest.fail(f"srun launcher: cannot ask SLURM (sinfo): {e}")
+        if out.returncode != 0 or not out.stdout.strip():
+            pytest.fail(f"srun launcher: no SLURM cluster answers (sinfo: {out.stderr.strip()}); start one with "
+                        f"`/usr/bin/python3 tests/cluster/simcluster.py up` and export what it prints")
+        self.nodes = int(os.environ.get("PCLUSTER_TEST_SRUN_NODES", "2"))
+
+    def command(self, nranks, args, recovery=True):
+        """recovery: the step outlives an engine's death (srun without --kill-on-bad-exit)."""
+        return ["srun", "--mpi=pmix", "--quiet", "-N", str(min(self.nodes, nranks)), "-n", str(nranks),
+                f"--kill-on-bad-exit={0 if recovery else 1}", pcluster_exe(), *args]
+
+
+LAUNCHERS = {"mpirun": MpirunLauncher, "srun": SrunLauncher}
 
 
 def pytest_addoption(parser):

@@ -58,6 +58,8 @@ void backoff::idle(bool busy) {
     nanosleep(&ts, nullptr);
 }
 
+bool backoff::dozing() const { return now_ns() - idle_since_ >= settings().doze; }
+
 std::int64_t backoff::now_ns() {
     timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -6,8 +6,11 @@
 
 #include <unistd.h>
 
+#include <utility>
+
 #include "pcluster/mpi/wire.hpp"
 #include "pcluster/protocol/codec.hpp"
+#include "pcluster/protocol/config.hpp"
 
 namespace pcluster::mpi_wire {
 
@@ -43,10 +46,20 @@ job_comms open_job(MPI_Comm world_comm, const engine_start& start, std::vector<p
     c.reply = mpi::communicator(world_comm, mpi::comm_duplicate);
     c.control = mpi::communicator(world_comm, mpi::comm_duplicate);
     if (!controller) c.engines_private.emplace(*c.engines, mpi::comm_duplicate);
-    std::string me_as_controller;
-    if (controller) me_as_controller = protocol::encode_meta(protocol::engine_info{-1, host_name(), getpid()});
+    // The controller's whereabouts, and the name of its doorbell.
+    std::string me_as_controller, bell_name;
+    if (controller) {
+        me_as_controller = protocol::encode_meta(protocol::engine_info{-1, host_name(), getpid()});
+        if (config::flag(config::knob::doorbell)) c.bell = doorbell::create(c.n_engines());
+        if (c.bell) bell_name = c.bell->name();
+    }
     mpi::broadcast(c.world, me_as_controller, 0);
+    mpi::broadcast(c.world, bell_name, 0);
     c.controller = protocol::decode_meta<protocol::engine_info>(me_as_controller, "engine_info");
+    if (!controller && !bell_name.empty() && c.controller.host == host_name())
+        c.bell = doorbell::attach(bell_name, c.n_engines());
+    c.world.barrier();  // every engine of the host mapped it: the name can go
+    if (controller && c.bell) c.bell->unlink();
     return c;
 }
 

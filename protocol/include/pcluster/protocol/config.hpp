@@ -25,6 +25,8 @@ namespace pcluster::config {
       "ns after the last progress when sleeps start doubling")                                                   \
     X(max_sleep_ns, "PCLUSTER_MAX_SLEEP_NS", integer, "1000000", 1000, 1e9, "engines, controller",                \
       "the longest single sleep of an idle loop")                                                                \
+    X(doorbell, "PCLUSTER_DOORBELL", flag, "1", 0, 1, "engines, controller",                                       \
+      "1: idle engines on the controller's host sleep in the kernel until rung; 0: they poll with back-off")    \
     X(stream_after, "PCLUSTER_STREAM_AFTER", number, "0.5", 0, 86400, "engines",                                 \
       "s a request runs before what it prints is streamed to the client")                                        \
     X(stream_every, "PCLUSTER_STREAM_EVERY", number, "0.1", 0.001, 3600, "engines",                              \

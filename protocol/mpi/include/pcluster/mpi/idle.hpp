@@ -24,6 +24,9 @@ public:
     std::int64_t next_sleep(bool busy = false);
     // Sleeps as next_sleep says.
     void idle(bool busy = false);
+    // Whether the last progress is older than the doze phase's start: a loop that can sleep in
+    // the kernel until woken (a doorbell, ppoll) may do so now.
+    bool dozing() const;
     static std::int64_t now_ns();
 
 private:

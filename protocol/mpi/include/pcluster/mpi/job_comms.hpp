@@ -14,6 +14,7 @@
 #include <optional>
 #include <vector>
 
+#include "pcluster/mpi/doorbell.hpp"
 #include "pcluster/protocol/messages.hpp"
 
 namespace pcluster::mpi_wire {
@@ -31,6 +32,9 @@ struct job_comms {
     std::optional<boost::mpi::communicator> engines_private;
     // The controller's host and pid, on every rank (engines watch it).
     protocol::engine_info controller;
+    // On the controller and the engines of its host: the doorbell (null elsewhere, or when
+    // /dev/shm is not available: then engines idle by polling).
+    std::shared_ptr<doorbell> bell;
     int n_engines() const { return world.size() - 1; }
 };
 
