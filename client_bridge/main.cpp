@@ -4,11 +4,14 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <csignal>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -56,6 +59,36 @@ int listen_on(const std::string& ip, int port, std::uint16_t* bound) {
     return fd;
 }
 
+// Budgets and limits: the bridge's options, else these environment variables (the bridge
+// inherits rank 0's environment), else the defaults in bridge.hpp. A bad value ends the bridge
+// with a message naming the variable.
+double env_number(const char* name, double fallback, double lo, double hi) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) return fallback;
+    char* end = nullptr;
+    const double x = std::strtod(v, &end);
+    if (end == v || *end || !(x >= lo && x <= hi))
+        throw std::invalid_argument(std::string(name) + "=" + v + " is not a number from " + std::to_string(lo) +
+                                    " to " + std::to_string(hi));
+    return x;
+}
+
+// The bridge is spawned by rank 0, whose MPI library leaves its listening sockets and other
+// descriptors inheritable: close everything but stdio and the controller's socket.
+void close_inherited(int keep) {
+    if (keep > 3) ::close_range(3, static_cast<unsigned>(keep - 1), 0);
+    ::close_range(static_cast<unsigned>(std::max(keep + 1, 3)), ~0u, 0);
+}
+
+// Room for many connections (idle sockets of an attack, many clients): the hard limit.
+void raise_fd_limit() {
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 std::string hostname() {
     char host[256] = {0};
     gethostname(host, sizeof host - 1);
@@ -76,7 +109,23 @@ int main(int argc, char** argv) {
     app.add_option("--job-id", job_id);
     app.add_option("--connection-file", conn_file);
     app.add_option("--max-frame-gib", max_frame_gib, "largest request a client may send");
+    double inflight_mib = -1, reply_mib = -1, pending_logins = -1, login_timeout_s = -1, unanswered = -1;
+    app.add_option("--client-inflight-mib", inflight_mib,
+                   "per client: MiB of requests sent on and not yet answered before its requests wait "
+                   "(default $PCLUSTER_CLIENT_INFLIGHT_MIB or 256)");
+    app.add_option("--client-reply-buffer-mib", reply_mib,
+                   "per client: MiB of replies it has not read before its requests wait "
+                   "(default $PCLUSTER_CLIENT_REPLY_BUFFER_MIB or 64)");
+    app.add_option("--client-max-unanswered", unanswered,
+                   "per client: requests sent on with no reply yet before its requests wait "
+                   "(default $PCLUSTER_CLIENT_MAX_UNANSWERED or 65536)");
+    app.add_option("--max-pending-logins", pending_logins,
+                   "connections logging in at once; beyond, the oldest is dropped (default $PCLUSTER_MAX_PENDING_LOGINS or 256)");
+    app.add_option("--login-timeout-s", login_timeout_s,
+                   "seconds a connection may take to log in (default $PCLUSTER_LOGIN_TIMEOUT_S or 10)");
     CLI11_PARSE(app, argc, argv);
+    close_inherited(ctl_fd);
+    raise_fd_limit();
     spdlog::set_level(spdlog::level::from_str(log_level));
     spdlog::set_pattern("pcluster-bridge %l: %v");
     // Ctrl-C in the terminal reaches the whole process group; the bridge outlives the controller
@@ -85,6 +134,25 @@ int main(int argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN);
     std::signal(SIGTERM, on_term);
     fcntl(ctl_fd, F_SETFD, FD_CLOEXEC);
+
+    limits lim;
+    try {
+        constexpr double mib = 1 << 20;
+        lim.max_frame = static_cast<std::uint64_t>(max_frame_gib * (1ull << 30));
+        if (inflight_mib < 0) inflight_mib = env_number("PCLUSTER_CLIENT_INFLIGHT_MIB", 256, 1, 1 << 20);
+        if (reply_mib < 0) reply_mib = env_number("PCLUSTER_CLIENT_REPLY_BUFFER_MIB", 64, 1, 1 << 20);
+        if (unanswered < 0) unanswered = env_number("PCLUSTER_CLIENT_MAX_UNANSWERED", 65536, 1, 1e9);
+        if (pending_logins < 0) pending_logins = env_number("PCLUSTER_MAX_PENDING_LOGINS", 256, 1, 1 << 20);
+        if (login_timeout_s < 0) login_timeout_s = env_number("PCLUSTER_LOGIN_TIMEOUT_S", 10, 0.1, 3600);
+        lim.inflight_bytes = static_cast<std::uint64_t>(inflight_mib * mib);
+        lim.reply_buffer_bytes = static_cast<std::uint64_t>(reply_mib * mib);
+        lim.max_pending_logins = static_cast<std::size_t>(pending_logins);
+        lim.max_unanswered = static_cast<std::size_t>(unanswered);
+        lim.login_timeout = std::chrono::milliseconds(static_cast<long long>(login_timeout_s * 1000));
+    } catch (const std::exception& e) {
+        spdlog::error("{}", e.what());
+        return 1;
+    }
 
     fs::path path = conn_file.empty() ? fs::path(proto::default_connection_file()) : fs::path(conn_file);
     bool wrote = false;
@@ -122,7 +190,7 @@ int main(int argc, char** argv) {
         proto::write_frame(ctl_fd, proto::encode(proto::bridge_ready{plan.connect, bound, path.string()}));
         fcntl(ctl_fd, F_SETFL, fcntl(ctl_fd, F_GETFL) | O_NONBLOCK);
         const std::int64_t controller_pid = info.controller_pid;
-        bridge b(ctl_fd, std::move(info), key, lfd, static_cast<std::uint64_t>(max_frame_gib * (1ull << 30)));
+        bridge b(ctl_fd, std::move(info), key, lfd, lim);
         const std::string reason = b.run();
         // Remove the file first: a client that sees the job end must not find it again.
         fs::remove(path);

@@ -18,6 +18,7 @@
 #include "controller.hpp"
 #include "engine.hpp"
 #include "pcluster/mpi/idle.hpp"
+#include "pcluster/mpi/runtime.hpp"
 #include "pcluster/protocol/config.hpp"
 
 #ifndef PCLUSTER_PYTHON_EXECUTABLE
@@ -127,6 +128,11 @@ int main(int argc, char** argv) {
         // An uncaught error on any rank ends the whole job with a reason, not a hang.
         spdlog::critical("rank {}: {}", rank, e.what());
         MPI_Abort(MPI_COMM_WORLD, 4);
+    }
+    if (pcluster::mpi_wire::peer_died()) {
+        // MPI_Finalize waits for every rank, a dead one included (it can hang): leave without it.
+        std::fflush(nullptr);
+        ::_exit(status);
     }
     MPI_Finalize();
     return status;

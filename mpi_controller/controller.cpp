@@ -22,6 +22,7 @@
 #include "engine_channels.hpp"
 #include "engine_watch.hpp"
 #include "pcluster/mpi/idle.hpp"
+#include "pcluster/mpi/runtime.hpp"
 #include "pcluster/protocol/codec.hpp"
 #include "pcluster/protocol/config.hpp"
 #include "pcluster/protocol/connection_file.hpp"
@@ -181,7 +182,11 @@ private:
         deaths_.push_back(e);
         info.death = how;
         spdlog::warn("{} {}", who(e), how);
-        const auto fx = channels_.engine_died(e, watch_.alive_map());
+        wire::mark_peer_died();  // MPI_Finalize would wait for it: the process exits without it
+        // Under mpirun, a rank that died on another node is never reported ended by its daemon
+        // unless asked: mpirun would then never exit. Ask it to end that rank.
+        if (watch_.recovery()) wire::ask_runtime_to_kill(e + 1);
+        const auto fx = channels_.engine_died(e, watch_.alive_map(), !stopping_);
         const std::string why = who(e) + " " + how + " while this request waited on it";
         for (const auto& a : fx.lost) answer_for(a, proto::error_kind::engine_died, why);
         watch_.send_all_alive({wire::control_kind::engine_died, e, fx.collectives_issued, fx.epoch});
@@ -418,8 +423,10 @@ int run(MPI_Comm world, const options& opt) {
                     static_cast<int>(getpid()), comms.n_engines());
         std::printf("pcluster: clients connect to %s:%u\n", r.address.c_str(), r.port);
         std::printf("pcluster: connection file %s\n", r.connection_file.c_str());
-        std::printf("pcluster: attach from Python with  import pcluster; rc = pcluster.Client(%s)\n",
-                    opt.connection_file.empty() ? "" : ("\"" + r.connection_file + "\"").c_str());
+        // Inside a SLURM job a client on the login node finds the job by its id.
+        const std::string how = slurm ? "job=" + std::string(slurm)
+                                      : opt.connection_file.empty() ? std::string() : "\"" + r.connection_file + "\"";
+        std::printf("pcluster: attach from Python with  import pcluster; rc = pcluster.Client(%s)\n", how.c_str());
         std::printf("pcluster: stop with rc.shutdown() or Ctrl-C\n");
         std::fflush(stdout);
     }

@@ -16,14 +16,19 @@ namespace proto = pcluster::protocol;
 namespace wire = pcluster::mpi_wire;
 
 engine_channels::engine_channels(const wire::job_comms& comms)
-    : collective_(comms.collective), direct_(comms.direct), reply_(comms.reply), control_(comms.control), bell_(comms.bell),
+    : collective_(comms.collective), direct_(comms.direct), reply_(comms.reply), rebuild_comm_(comms.rebuild), bell_(comms.bell),
       n_(comms.n_engines()), alive_(static_cast<std::size_t>(n_), true), rank_of_(static_cast<std::size_t>(n_)),
       direct_sent_(static_cast<std::size_t>(n_), 0), awaited_(static_cast<std::size_t>(n_)) {
     for (int e = 0; e < n_; ++e) rank_of_[static_cast<std::size_t>(e)] = e + 1;
 }
 
 engine_channels::~engine_channels() {
-    if (rebuild_.joinable()) rebuild_.join();
+    // A rebuild that never finishes (survivors died too) must not hold the process: it exits
+    // without MPI_Finalize after a death anyway.
+    if (rebuild_.joinable()) {
+        if (rebuild_done_.load()) rebuild_.join();
+        else rebuild_.detach();
+    }
 }
 
 awaited_reply engine_channels::awaited_of(const request& q, int engine, std::uint64_t seq) const {
@@ -226,7 +231,7 @@ bool engine_channels::receive(const std::function<reply_landing(std::uint64_t, c
     }
 }
 
-engine_channels::death_effects engine_channels::engine_died(int e, const std::vector<bool>& alive) {
+engine_channels::death_effects engine_channels::engine_died(int e, const std::vector<bool>& alive, bool rebuild) {
     death_effects fx;
     alive_ = alive;
     alive_[static_cast<std::size_t>(e)] = false;
@@ -256,6 +261,7 @@ engine_channels::death_effects engine_channels::engine_died(int e, const std::ve
     fx.epoch = ++epoch_;
     fx.collectives_issued = collective_sent_;
     collective_whole_ = false;
+    if (!rebuild) return fx;
     // The survivors' collective communicator: every survivor's watch thread takes part at once,
     // whatever its main thread is doing; until it exists, requests for all go direct.
     if (rebuild_.joinable()) rebuild_.join();
@@ -265,10 +271,10 @@ engine_channels::death_effects engine_channels::engine_died(int e, const std::ve
         if (alive_[static_cast<std::size_t>(x)]) rebuilt_ranks_.push_back(x + 1);
     rebuild_ = std::thread([this, epoch = fx.epoch] {
         MPI_Group wg, g;
-        MPI_Comm_group(control_, &wg);
+        MPI_Comm_group(rebuild_comm_, &wg);
         MPI_Group_incl(wg, static_cast<int>(rebuilt_ranks_.size()), rebuilt_ranks_.data(), &g);
         MPI_Comm c = MPI_COMM_NULL;
-        if (MPI_Comm_create_group(control_, g, 100 + static_cast<int>(epoch), &c) != MPI_SUCCESS)
+        if (MPI_Comm_create_group(rebuild_comm_, g, 100 + static_cast<int>(epoch), &c) != MPI_SUCCESS)
             spdlog::error("cannot build the survivors' communicator; requests for all engines stay point to point");
         MPI_Group_free(&wg);
         MPI_Group_free(&g);

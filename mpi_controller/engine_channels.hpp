@@ -80,7 +80,9 @@ public:
         std::uint64_t epoch = 0;
         std::uint64_t collectives_issued = 0;
     };
-    death_effects engine_died(int e, const std::vector<bool>& alive);
+    // No rebuild when `rebuild` is false (the job is ending: survivors may be dying too, and a
+    // rebuild would wait for them).
+    death_effects engine_died(int e, const std::vector<bool>& alive, bool rebuild = true);
     // A survivor reached `epoch` having completed `done` collective requests: the ones after
     // that, issued before the epoch began, never reach it; returns them (to be answered).
     std::vector<awaited_reply> epoch_reached(int e, std::uint64_t done, std::uint64_t epoch);
@@ -102,7 +104,7 @@ private:
     void receive_pieces(int src, const std::vector<std::uint64_t>& lens, reply_landing to, const awaited_reply& a);
     void finish_rebuild();
 
-    MPI_Comm collective_, direct_, reply_, control_;
+    MPI_Comm collective_, direct_, reply_, rebuild_comm_;
     std::shared_ptr<mpi_wire::doorbell> bell_;
     int n_;
     std::vector<bool> alive_;

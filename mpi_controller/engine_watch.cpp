@@ -79,9 +79,15 @@ engine_watch::~engine_watch() {
         MPI_Cancel(&recv_);
         MPI_Wait(&recv_, MPI_STATUS_IGNORE);
     }
-    // Live engines receive everything; sends still pending are to dead ones: leave them.
-    for (auto& p : sends_)
-        if (alive_[static_cast<std::size_t>(p.engine)]) MPI_Wait(&p.req, MPI_STATUS_IGNORE);
+    // Never wait here: an engine on another host may have died unnoticed (a signal ending the
+    // job), and a send to it never completes. Heartbeats are eager: MPI has copied them already;
+    // their memory is kept to the end anyway.
+    static std::vector<std::unique_ptr<wire::control_msg>> kept;
+    for (auto& p : sends_) {
+        MPI_Request_free(&p.req);
+        kept.push_back(std::move(p.msg));
+    }
+    for (auto& m : abandoned_) kept.push_back(std::move(m));
 }
 
 std::vector<pollfd> engine_watch::pollfds() const {

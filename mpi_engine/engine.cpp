@@ -18,6 +18,7 @@
 #include "pcluster/mpi/envelope.hpp"
 #include "pcluster/mpi/idle.hpp"
 #include "pcluster/mpi/job_comms.hpp"
+#include "pcluster/mpi/runtime.hpp"
 #include "pcluster/mpi/wire.hpp"
 #include "pcluster/protocol/codec.hpp"
 
@@ -213,6 +214,7 @@ private:
     // on the survivors' communicator. Buffers MPI may still write into are kept for good.
     void switch_epoch() {
         const std::uint64_t e = watch_.epoch();
+        wire::mark_peer_died();  // MPI_Finalize would wait for the dead rank: this process exits without it
         const auto c = watch_.change(e, std::chrono::seconds(30));
         if (!c) throw std::runtime_error("the communicators of epoch " + std::to_string(e) + " were not built in time");
         graveyard_envelopes_.push_back(std::move(envelope_));  // an abandoned receive may still land there

@@ -12,6 +12,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "pcluster/mpi/runtime.hpp"
 #include "pcluster/mpi/wire.hpp"
 #include "pcluster/protocol/config.hpp"
 
@@ -78,6 +79,7 @@ watch::watch(const wire::job_comms& comms, pthread_t main)
       n_(comms.n_engines()),
       main_(main),
       control_(comms.control),
+      rebuild_comm_(comms.rebuild),
       engines_private_(*comms.engines_private),
       controller_(comms.controller),
       bell_(comms.bell),
@@ -140,6 +142,9 @@ void watch::controller_gone(const char* why) {
     std::fprintf(stderr, "pcluster engine %d: the controller (rank 0 on %s, pid %lld) %s; exiting\n", id_,
                  controller_.host.c_str(), static_cast<long long>(controller_.pid), why);
     std::fflush(stderr);
+    // Across hosts mpirun would wait for this job forever (its daemons never report the dead
+    // rank 0): ask it to end the whole job; then go, whatever it does.
+    if (wire::ask_runtime_to_kill(-1)) std::this_thread::sleep_for(std::chrono::milliseconds(500));
     ::_exit(70);
 }
 
@@ -160,10 +165,10 @@ void watch::rebuild(std::uint64_t epoch, std::uint64_t issued, int dead) {
     // Collective only over the survivors (the controller's rebuild and every survivor's watch):
     // the dead engine is not needed, nor are the survivors' main threads, which may be busy.
     MPI_Group wg, g, eg, g2;
-    MPI_Comm_group(control_, &wg);
+    MPI_Comm_group(rebuild_comm_, &wg);
     MPI_Group_incl(wg, static_cast<int>(world_ranks.size()), world_ranks.data(), &g);
     const int tag = 100 + static_cast<int>(epoch);
-    const int rc1 = MPI_Comm_create_group(control_, g, tag, &c.collective);
+    const int rc1 = MPI_Comm_create_group(rebuild_comm_, g, tag, &c.collective);
     MPI_Comm_group(engines_private_, &eg);
     MPI_Group_incl(eg, static_cast<int>(engine_ranks.size()), engine_ranks.data(), &g2);
     const int rc2 = MPI_Comm_create_group(engines_private_, g2, tag, &c.engines);

@@ -75,6 +75,7 @@ private:
     const int n_;
     const pthread_t main_;
     const MPI_Comm control_;
+    const MPI_Comm rebuild_comm_;
     const MPI_Comm engines_private_;
     const protocol::engine_info controller_;
     const std::shared_ptr<mpi_wire::doorbell> bell_;  // rung after a rebuild: the main loop may sleep

@@ -42,7 +42,7 @@ void frame_reader::start_body() {
         if (!skip_bad_) throw;
         // Sound framing, a broken limit: read past it without allocating anything.
         skipping_ = true;
-        bad_ = bad_frame{p.type, frame_size(p), std::nullopt, e.what()};
+        bad_ = bad_frame{p.type, frame_size(p), std::nullopt, std::nullopt, e.what()};
         meta_off_ = prefix_size + 8ull * p.nbufs;
         need_ = frame_size(p);
         return;
@@ -54,7 +54,8 @@ void frame_reader::start_body() {
 
 frame_reader::status frame_reader::finish(received_frame* out) {
     if (skipping_) {
-        bad_.id = head_len_ >= 9 ? peek_id(bad_.type, {head_, head_len_}) : std::nullopt;
+        bad_.id = peek_id(bad_.type, {head_, head_len_});
+        bad_.engine = peek_engine(bad_.type, {head_, head_len_});
         reset();
         return status::bad;
     }
@@ -68,10 +69,13 @@ frame_reader::status frame_reader::finish(received_frame* out) {
         frame_prefix p;
         std::memcpy(&p, b.data(), prefix_size);
         const std::uint64_t meta_at = prefix_size + 8ull * p.nbufs;
-        bad_ = bad_frame{p.type, b.size(), std::nullopt, e.what()};
-        if (meta_at < b.size())
-            bad_.id = peek_id(p.type, {b.data() + meta_at, static_cast<std::size_t>(std::min<std::uint64_t>(
-                                                                 b.size() - meta_at, p.meta_len))});
+        bad_ = bad_frame{p.type, b.size(), std::nullopt, std::nullopt, e.what()};
+        if (meta_at < b.size()) {
+            const std::span<const char> head{
+                b.data() + meta_at, static_cast<std::size_t>(std::min<std::uint64_t>(b.size() - meta_at, p.meta_len))};
+            bad_.id = peek_id(p.type, head);
+            bad_.engine = peek_engine(p.type, head);
+        }
         out->bytes.reset();
         return status::bad;
     }

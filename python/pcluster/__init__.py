@@ -17,6 +17,7 @@ from .error import _KIND_CLASSES as _kinds
 from .lbview import LoadBalancedView
 from .mapresult import AsyncMapResult
 from .view import DirectView
+from . import slurm, tunnel  # noqa: F401  (pcluster.slurm.submit(...), ssh tunnels)
 
 __version__ = "0.1.0"
 

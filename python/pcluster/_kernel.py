@@ -71,6 +71,7 @@ def start(engine_id, num_engines, comm_handle):
     engine.engine_id = engine_id
     engine.num_engines = num_engines
     engine.engines = list(range(num_engines))
+    engine.host = __import__("socket").gethostname()
     engine._comm_handle = comm_handle
     _ns.setdefault("__builtins__", __builtins__)
     if _capture is not None:

@@ -293,7 +293,7 @@ def cmd_cancel(argv):
 def _pcluster_program():
     from . import slurm
 
-    exe = os.environ.get("PCLUSTER_EXE") or shutil.which("pcluster") or slurm._pcluster_exe()
+    exe = slurm._core.setting("PCLUSTER_EXE") or shutil.which("pcluster") or slurm._pcluster_exe()
     if not exe:
         raise FileNotFoundError("the pcluster program is not on PATH (set PCLUSTER_EXE to it)")
     return exe

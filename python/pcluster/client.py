@@ -11,7 +11,7 @@ import weakref
 
 from . import _core
 from .asyncresult import AsyncResult, _timeout_arg
-from .error import AuthenticationError, JobEndedError, NoJobError
+from .error import AuthenticationError, CompositeError, EngineError, JobEndedError, NoJobError
 from .view import DirectView
 
 _request_id = _core.request_id
@@ -31,6 +31,9 @@ def _read_connection_file(path, timeout):
     while True:
         try:
             with open(path, "rb") as f:
+                # Whose file it is decides whether to trust where it says to connect (and what
+                # key to send there): a file another user could write is refused.
+                _core.check_connection_file(path)
                 text = f.read()
             return _core.connection_info.from_json(text.decode("utf-8", "replace"))
         except FileNotFoundError:
@@ -224,6 +227,8 @@ class Client:
         if i not in self._engines:
             raise IndexError(f"no engine {i}: this job has engines 0..{len(self._engines) - 1}")
         if not self._engines[i].alive:
+            if self._conn.closed:  # the job ended: that, not one engine's death, is the news
+                raise JobEndedError(self._conn.close_reason)
             raise IndexError(f"engine {i} died ({self._engines[i].death}); the live engines are {self._ids}")
         return i
 
@@ -430,6 +435,9 @@ class Client:
             ar.get(timeout)
         except JobEndedError:
             pass  # ended before every engine answered (some had to be told to exit): ended all the same
+        except CompositeError as e:
+            if not all(isinstance(x, EngineError) for x in e.elist):
+                raise  # an engine that died meanwhile has nothing to shut down; anything else is news
         # The bridge says goodbye (and removes the connection file) as the job ends.
         deadline = time.monotonic() + timeout
         while not self._conn.closed and time.monotonic() < deadline:

@@ -1,6 +1,6 @@
 """What code running on an engine can ask about its engine: ids and the engines' communicator.
 
-    from pcluster.engine import engine_id, num_engines, engines, comm   # comm: mpi4py, engines only
+    from pcluster.engine import engine_id, num_engines, engines, host, comm   # comm: mpi4py, engines only
 
 After an engine dies, `comm` is a new communicator over the survivors (its ranks are their
 positions in `engines`, no longer the engine ids); a collective that was running on the old one
@@ -10,6 +10,7 @@ when the engine died does not return (MPI gives no way to end it).
 engine_id = None
 num_engines = None  # engines the job started with
 engines = None  # ids of the engines alive (comm's ranks follow this order after a death)
+host = None  # this engine's host name (rc.engines[i].host on the client)
 _comm_handle = None
 _comm = None
 

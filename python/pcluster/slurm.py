@@ -214,7 +214,7 @@ def connection_file_for_job(job_id, directory=None):
 def template_path(name=TEMPLATE_NAME):
     """The batch template: $PCLUSTER_SLURM_TEMPLATE, the package's copy, or slurm/ of the source
     tree this package was built from."""
-    env = os.environ.get("PCLUSTER_SLURM_TEMPLATE")
+    env = _core.setting("PCLUSTER_SLURM_TEMPLATE")
     if env:
         return Path(env)
     here = Path(__file__).resolve().parent
@@ -244,7 +244,7 @@ def _tail(path, lines=20):
 def _pcluster_exe():
     """The pcluster program for jobs when it is not simply `pcluster` on PATH: $PCLUSTER_EXE (set
     by `pcluster submit`) or the build tree next to this package."""
-    env = os.environ.get("PCLUSTER_EXE")
+    env = _core.setting("PCLUSTER_EXE")
     if env:
         return env
     built = Path(os.path.abspath(__file__)).parent.parent.parent / "bin" / "pcluster"

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 
+from . import _core
 from .error import NoJobError
 
 # How long the remote `sleep` holds the tunnel open for the client to connect through it; the
@@ -32,7 +33,7 @@ class TunnelError(NoJobError):
 
 def ssh_command():
     """The ssh command as a list: $PCLUSTER_SSH (split like a shell) or ["ssh"]."""
-    text = os.environ.get("PCLUSTER_SSH", "").strip()
+    text = _core.setting("PCLUSTER_SSH").strip()
     return shlex.split(text) if text else ["ssh"]
 
 

@@ -266,7 +266,10 @@ void connection::read_loop() {
                     return true;
                 });
             if (end == proto::drain_end::closed) {
-                why = "connection to the job lost: the job closed it";
+                // A job that ends says so (job_ended) before its bridge closes.
+                why = "connection to the job lost: its bridge closed the connection without a word (the bridge was "
+                      "killed or crashed, and the job ends with it; or it refused what this client sent: see the "
+                      "job's log)";
                 ended = true;
             }
         }

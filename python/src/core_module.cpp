@@ -291,6 +291,9 @@ PYBIND11_MODULE(_core, m) {
     m.def("connection_dir", &proto::connection_dir);
     m.def("connection_file_for_job", &proto::connection_file_for_job, py::arg("job_id"));
     m.def("default_connection_file", &proto::default_connection_file);
+    m.def("check_connection_file", &proto::check_private_file, py::arg("path"),
+          "Raises ConnectionFileError unless the file and its directory are this user's own and "
+          "not writable by others (protocol::check_private_file).");
     m.def("setting", &knob_value, py::arg("variable"), "A setting's value (validated; ValueError names the fix).");
     m.def("check_settings", &pcluster::config::check_config);
     py::list knob_table;

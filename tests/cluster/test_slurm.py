@@ -298,9 +298,6 @@ def test_mpirun_inside_sbatch_survives_engine_death_and_pcluster_cancel(pcl, own
     assert "mpirun --enable-recovery" in out
 
 
-@pytest.mark.xfail(reason="after an engine on another node than rank 0 died, every rank hangs in "
-                          "MPI_Finalize under mpirun (Open MPI 4.1): the job only ends at scancel or its "
-                          "time limit; the ranks should skip MPI_Finalize once an engine died", strict=False)
 def test_shutdown_ends_an_mpirun_job_after_a_remote_engine_died(pcl, own_jobs):
     proc = pcl.cli("submit", "-N", "2", "-n", "4", "--launcher", "mpirun", "--wait", "120", timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -765,6 +765,9 @@ def test_engine_dying_without_recovery_ends_job_and_says_why(start_job):
         with pytest.raises(pcluster.EngineDied, match=r"engine 0 \(.*pid \d+\) exited with code 1"):
             ar.get(60)
         assert j.wait_exit(60) is not None, j.describe()  # mpirun ends the job a moment later
+        deadline = time.monotonic() + 10  # the client reads the end of the connection a moment later
+        while not c._conn.closed and time.monotonic() < deadline:
+            time.sleep(0.02)
         with pytest.raises(pcluster.JobEndedError, match="engine 0 .*exited with code 1.*--enable-recovery"):
             c[1].apply_sync(lambda: 1)
         deadline = time.monotonic() + 10

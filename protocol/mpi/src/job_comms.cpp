@@ -45,6 +45,7 @@ job_comms open_job(MPI_Comm world_comm, const engine_start& start, std::vector<p
     c.direct = mpi::communicator(world_comm, mpi::comm_duplicate);
     c.reply = mpi::communicator(world_comm, mpi::comm_duplicate);
     c.control = mpi::communicator(world_comm, mpi::comm_duplicate);
+    c.rebuild = mpi::communicator(world_comm, mpi::comm_duplicate);
     if (!controller) c.engines_private.emplace(*c.engines, mpi::comm_duplicate);
     // The controller's whereabouts, and the name of its doorbell.
     std::string me_as_controller, bell_name;

@@ -74,6 +74,7 @@ public:
     void load_binary(void* dst, std::size_t n) {
         if (n > left())
             throw cereal::Exception("needs " + std::to_string(n) + " bytes, " + std::to_string(left()) + " left");
+        if (n == 0) return;  // an empty string or vector: its data() may be null
         std::memcpy(dst, p_, n);
         p_ += n;
         if constexpr (DataSize > 1) {
@@ -106,8 +107,17 @@ public:
 };
 
 template <class T>
-std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar, T& t) {
+std::enable_if_t<std::is_arithmetic_v<T> && !std::is_same_v<T, bool>> CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar,
+                                                                                                T& t) {
     ar.template load_binary<sizeof(T)>(std::addressof(t), sizeof(t));
+}
+// A bool is one byte, 0 or 1: any other value is refused (copied into a bool it would be a value
+// the type cannot hold).
+inline void CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar, bool& t) {
+    std::uint8_t b = 0;
+    ar.template load_binary<1>(&b, 1);
+    if (b > 1) throw cereal::Exception("a bool of value " + std::to_string(b));
+    t = b != 0;
 }
 template <class T>
 void CEREAL_SERIALIZE_FUNCTION_NAME(bounded_input_archive& ar, cereal::NameValuePair<T>& t) {
@@ -132,7 +142,7 @@ void CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar, std::vector<T, A>& v) 
     ar.template load_binary<sizeof(n)>(&n, sizeof(n));
     ar.check_claim(n, min_wire_size<T>());
     v.clear();
-    if constexpr (std::is_arithmetic_v<T>) {
+    if constexpr (std::is_arithmetic_v<T> && !std::is_same_v<T, bool>) {
         v.resize(static_cast<std::size_t>(n));
         ar.template load_binary<sizeof(T)>(v.data(), static_cast<std::size_t>(n) * sizeof(T));
     } else {
@@ -249,6 +259,20 @@ inline std::optional<std::uint64_t> peek_id(std::uint16_t type, std::span<const 
     return id;
 }
 inline std::optional<std::uint64_t> peek_id(const frame_view& f) { return peek_id(f.type(), f.meta()); }
+
+// The engine an engine_reply or output comes from (its second field), read the same way.
+inline std::optional<std::int32_t> peek_engine(std::uint16_t type, std::span<const char> meta_head) {
+    static_assert(std::is_same_v<typename std::tuple_element_t<1, decltype(engine_reply::fields())>::type, std::int32_t> &&
+                  std::is_same_v<typename std::tuple_element_t<1, decltype(output::fields())>::type, std::int32_t>);
+    if ((type != static_cast<std::uint16_t>(message_type::engine_reply) &&
+         type != static_cast<std::uint16_t>(message_type::output)) ||
+        meta_head.size() < 13 || static_cast<std::uint8_t>(meta_head[0]) > 1)
+        return std::nullopt;
+    std::uint32_t e;
+    std::memcpy(&e, meta_head.data() + 9, 4);
+    if ((meta_head[0] == 1) != (std::endian::native == std::endian::little)) e = __builtin_bswap32(e);
+    return static_cast<std::int32_t>(e);
+}
 
 // The route of any request frame (throws frame_error for non-request types).
 route decode_route(const frame_view& f);

@@ -52,6 +52,12 @@ namespace pcluster::config {
       "1: Ctrl-C in a blocking call interrupts the engines' code too; 0: it only stops waiting")               \
     X(connection_file, "PCLUSTER_CONNECTION_FILE", text, "", 0, 0, "pcluster, client",                             \
       "the connection file when none is given (default: see PCLUSTER_CONNECTION_DIR)")                          \
+    X(ssh, "PCLUSTER_SSH", text, "", 0, 0, "client",                                                             \
+      "the ssh command for tunnels (sshserver=), e.g. \"ssh -J gateway\" (default: ssh)")                        \
+    X(slurm_template, "PCLUSTER_SLURM_TEMPLATE", text, "", 0, 0, "client",                                        \
+      "the batch template pcluster submit fills (default: slurm/pcluster.sbatch of this installation)")         \
+    X(exe, "PCLUSTER_EXE", text, "", 0, 0, "client",                                                             \
+      "the pcluster program batch jobs start (default: the one that ran `pcluster submit`, else PATH's)")       \
     X(connection_dir, "PCLUSTER_CONNECTION_DIR", text, "", 0, 0, "pcluster, client",                               \
       "where connection files go (default ~/.pcluster): connection.json, or slurm-<job id>.json in a SLURM job")
 

@@ -46,6 +46,17 @@ std::string connection_file_for_job(const std::string& job_id);
 // inside a SLURM job (SLURM_JOB_ID), else <dir>/connection.json.
 std::string default_connection_file();
 
+// Ownership, as ssh checks its files: a connection file holds the job's key and tells a client
+// where to connect, so one that another user can write (or put there) could send the client to a
+// port of their choosing. Each throws connection_file_error naming the path and the fix.
+//   check_private_dir:  `dir` is a directory owned by this user (or root) that neither group nor
+//                       others may write, unless it is sticky like /tmp (then nobody can replace
+//                       a file of ours in it).
+//   check_private_file: `path` is a regular file owned by this user (or root) that neither group
+//                       nor others may write, in a directory that passes check_private_dir.
+void check_private_dir(const std::string& dir);
+void check_private_file(const std::string& path);
+
 std::string to_json(const connection_info& c);
 // Parses and checks a connection file's text; connection_file_error names what is wrong.
 connection_info connection_info_from_json(std::string_view text);

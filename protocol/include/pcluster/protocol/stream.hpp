@@ -29,6 +29,7 @@ struct bad_frame {
     std::uint16_t type = 0;
     std::uint64_t size = 0;  // the whole frame, as its prefix claims
     std::optional<std::uint64_t> id;
+    std::optional<std::int32_t> engine;  // an engine_reply's or output's engine, when readable
     std::string error;
 };
 

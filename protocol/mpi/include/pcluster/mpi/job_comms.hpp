@@ -24,7 +24,8 @@ struct job_comms {
     boost::mpi::communicator collective;  // requests for every engine: Ibcast/Iscatterv, root 0
     boost::mpi::communicator direct;      // requests for some engines, large reply pieces
     boost::mpi::communicator reply;       // replies and output, engines -> rank 0
-    boost::mpi::communicator control;     // heartbeats, interrupts, deaths (control.hpp); rebuilds
+    boost::mpi::communicator control;     // heartbeats, interrupts, deaths (control.hpp)
+    boost::mpi::communicator rebuild;     // only for building the survivors' communicator after a death
     // Engines only (engine k is its rank k), for user code (pcluster.engine.comm); empty on rank 0.
     std::optional<boost::mpi::communicator> engines;
     // A private duplicate of `engines`, from which the survivors of a death build the next one
