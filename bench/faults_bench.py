@@ -50,6 +50,12 @@ def client(build, conn, engines):
     return pcluster, rc
 
 
+def in_build(build, code):
+    """Runs `code` (with os and pcluster imported) under the pcluster of `build`."""
+    env = dict(os.environ, PYTHONPATH=os.path.join(build, "python"))
+    subprocess.run([sys.executable, "-c", "import os, pcluster\n" + code], env=env, check=True, timeout=120)
+
+
 def stop(proc, rc):
     try:
         rc.shutdown(timeout=60)
@@ -73,9 +79,9 @@ def cpu_ticks(pids):
 def idle_cpu(build, engines, seconds, tmp):
     """Percent of one core the idle job uses (every process under mpirun, and the bridge)."""
     proc, conn = start(build, engines, tmp)
-    pcluster, rc = client(build, conn, engines)
-    rc[:].apply(os.getpid)
-    rc.close()  # an idle job with nobody attached
+    # The client of that build, in a process of its own (this one may hold another build's
+    # pcluster): every engine answers once, then the job idles with nobody attached.
+    in_build(build, f"rc = pcluster.Client({conn!r}, timeout=60); assert len(rc[:].apply(os.getpid)) == {engines}")
     time.sleep(5)  # settle past every back-off phase
     pids = set(bl.descendants(proc.pid)) | {proc.pid}
     with open(conn) as f:
@@ -83,8 +89,10 @@ def idle_cpu(build, engines, seconds, tmp):
     t0, c0 = time.monotonic(), cpu_ticks(pids)
     time.sleep(seconds)
     t1, c1 = time.monotonic(), cpu_ticks(pids)
-    rc = pcluster.Client(conn, timeout=60)
-    stop(proc, rc)
+    try:
+        in_build(build, f"pcluster.Client({conn!r}, timeout=60).shutdown(timeout=60)")
+    finally:
+        bl.kill_tree(proc)
     return 100.0 * (c1 - c0) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
 
 

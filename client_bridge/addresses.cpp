@@ -1,5 +1,7 @@
 #include "addresses.hpp"
 
+#include "pcluster/protocol/host.hpp"
+
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -22,11 +24,6 @@ std::string env(const char* name) {
     return v ? v : "";
 }
 
-std::string local_hostname() {
-    char buf[256] = {0};
-    gethostname(buf, sizeof buf - 1);
-    return buf;
-}
 
 // The source address this host would use to reach `host`: a UDP connect() only looks up the
 // route, it sends nothing.
@@ -71,15 +68,20 @@ listen_plan plan_listen(const std::string& requested) {
     listen_plan p;
     if (requested.empty()) {
         const std::string submit = env("SLURM_SUBMIT_HOST");
-        if (!env("SLURM_JOB_ID").empty() && !submit.empty() && submit != local_hostname()) {
-            if (auto a = source_address_towards(submit)) {
+        if (!env("SLURM_JOB_ID").empty() && !submit.empty() && submit != protocol::host_name()) {
+            // A submit host that resolves to loopback here (Debian's 127.0.1.1 line for the
+            // machine's own name in /etc/hosts, copied to nodes) says nothing about the route to
+            // it: listening on loopback would shut the login node out, so all interfaces instead.
+            const auto a = source_address_towards(submit);
+            if (a && a->rfind("127.", 0) != 0) {
                 p.listen = p.connect = *a;
                 p.addresses = {*a};
                 p.why = "a SLURM job submitted from " + submit + ": the address this node reaches it from";
                 return p;
             }
             p.listen = "0.0.0.0";
-            p.why = "a SLURM job submitted from " + submit + ", which does not resolve here: all interfaces";
+            p.why = "a SLURM job submitted from " + submit +
+                    (a ? ", which resolves to loopback here: all interfaces" : ", which does not resolve here: all interfaces");
         } else {
             p.listen = p.connect = "127.0.0.1";
             p.addresses = {p.connect};

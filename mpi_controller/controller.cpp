@@ -186,13 +186,17 @@ private:
         // Under mpirun, a rank that died on another node is never reported ended by its daemon
         // unless asked: mpirun would then never exit. Ask it to end that rank.
         if (watch_.recovery()) wire::ask_runtime_to_kill(e + 1);
+        // Clients hear of the death before the EngineDied replies it causes: one that catches
+        // EngineDied already sees the engine gone from rc.ids.
+        link_.send(proto::encode(proto::engine_event{info, static_cast<double>(std::time(nullptr))}));
         const auto fx = channels_.engine_died(e, watch_.alive_map(), !stopping_);
         const std::string why = who(e) + " " + how + " while this request waited on it";
         for (const auto& a : fx.lost) answer_for(a, proto::error_kind::engine_died, why);
         watch_.send_all_alive({wire::control_kind::engine_died, e, fx.collectives_issued, fx.epoch});
         farm_.engine_died(e, how);
-        link_.send(proto::encode(proto::engine_event{info, static_cast<double>(std::time(nullptr))}));
-        if (!watch_.recovery()) {
+        if (!watch_.recovery() && !ended_by_death_) {
+            // The first death is the reason: mpirun kills the others a moment later, and those
+            // deaths (reported as plain exits) must not replace it.
             ended_by_death_ = true;
             end_reason_ = who(e) + " " + how + "; without recovery mpirun ends the whole job when a rank dies (start it "
                           "with `mpirun --enable-recovery` to keep the job running)";
@@ -200,7 +204,7 @@ private:
         }
         link_.flush();
         if (std::none_of(watch_.alive_map().begin(), watch_.alive_map().end(), [](bool a) { return a; })) {
-            end_reason_ = "every engine died (the last: " + who(e) + " " + how + ")";
+            if (!ended_by_death_) end_reason_ = "every engine died (the last: " + who(e) + " " + how + ")";
             stop(end_reason_);
         }
     }

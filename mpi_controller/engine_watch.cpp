@@ -13,18 +13,13 @@
 
 #include "pcluster/mpi/wire.hpp"
 #include "pcluster/protocol/config.hpp"
+#include "pcluster/protocol/host.hpp"
 
 namespace pcluster::controller {
 
 namespace wire = pcluster::mpi_wire;
 
 namespace {
-
-std::string local_host() {
-    char buf[256] = {0};
-    gethostname(buf, sizeof buf - 1);
-    return buf;
-}
 
 // The exit status of a process that is not our child, from its pidfd once it was reaped
 // (PIDFD_GET_INFO with PIDFD_INFO_EXIT, Linux 6.15+; the struct is the ioctl's first version).
@@ -63,7 +58,7 @@ engine_watch::engine_watch(const wire::job_comms& comms, const std::vector<proto
       dead_after_(config::number(config::knob::dead_after_s)),
       next_beat_(clock::now()),
       recovery_(recovery_enabled()) {
-    const std::string here = local_host();
+    const std::string here = protocol::host_name();
     for (std::size_t e = 0; e < engines.size(); ++e) {
         engines_[e].last_heard = clock::now();
         if (engines[e].host == here)

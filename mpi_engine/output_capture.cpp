@@ -40,7 +40,7 @@ void output_capture::begin(std::uint64_t id, bool capture) {
     out_[0].clear();
     out_[1].clear();
     dropped_ = 0;
-    if (capture) cv_.notify_one();
+    if (capture && parked_) cv_.notify_one();
 }
 
 bool output_capture::write(int stream, std::string_view text) {
@@ -77,8 +77,13 @@ std::pair<std::string, std::string> output_capture::finish(std::unique_lock<std:
 void output_capture::stream_loop() {
     std::unique_lock lk(mu_);
     while (!stop_) {
-        // Between requests it sleeps until one begins (an idle engine's threads stay asleep).
-        if (!capturing_) cv_.wait(lk, [&] { return capturing_ || stop_; });
+        // Long between requests, it sleeps until one begins (an idle engine's threads stay
+        // asleep); while requests keep coming it looks every stream_every_ without being woken.
+        if (!capturing_ && clock::now() - started_ > park_after) {
+            parked_ = true;
+            cv_.wait(lk, [&] { return capturing_ || stop_; });
+            parked_ = false;
+        }
         cv_.wait_for(lk, stream_every_);
         if (stop_) return;
         if (!streaming_ || !capturing_ || (out_[0].empty() && out_[1].empty()) || clock::now() - started_ < stream_after_)

@@ -195,6 +195,13 @@ def cmd_submit(argv):
     if args.no_wait:
         say(f"attach once it runs: pcluster attach {job.id}")
         return 0
+    return _wait_then_ready(job, args)
+
+
+def _wait_then_ready(job, args):
+    """Waits (bounded by --wait) for the job's connection file, then checks and prints how to attach."""
+    from . import slurm
+
     path, status = _wait_job(job, args.wait)
     if path is None:
         return status
@@ -256,10 +263,7 @@ def cmd_attach(argv):
         job = slurm.Job(args.job, connection_file=slurm.connection_file_for_job(args.job, args.connection_dir))
     except ValueError as e:
         return fail(str(e), EXIT_USAGE)
-    path, status = _wait_job(job, args.wait)
-    if path is None:
-        return status
-    return _ready(job.id, path, str(slurm.connection_file_for_job(job.id)), args)
+    return _wait_then_ready(job, args)
 
 
 # --------------------------------------------------------------------------- cancel

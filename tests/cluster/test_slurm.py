@@ -299,13 +299,30 @@ def test_mpirun_inside_sbatch_survives_engine_death_and_pcluster_cancel(pcl, own
 
 
 def test_shutdown_ends_an_mpirun_job_after_a_remote_engine_died(pcl, own_jobs):
-    proc = pcl.cli("submit", "-N", "2", "-n", "4", "--launcher", "mpirun", "--wait", "120", timeout=180)
+    proc = pcl.cli("submit", "-N", "2", "-n", "4", "--launcher", "mpirun", "--wait", "120", "--",
+                   "--ntasks-per-node=2", timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job = job_id_from(proc.stdout)
     with pcluster.Client(job=job, timeout=30) as rc:
-        remote = max(i for i, e in rc.engines.items() if e.host == "h2")
-        with pytest.raises(pcluster.EngineDied):
-            rc[remote].apply(lambda: __import__("os")._exit(3))
+        remote = sorted(i for i, e in rc.engines.items() if e.host == "h2")
+        assert len(remote) == 2, rc.engines
+        # An engine on the other host that exits: its last words carry the code at once.
+        t0 = time.monotonic()
+        with pytest.raises(pcluster.EngineDied, match=r"engine \d+ \(h2, pid \d+\) exited with code 3"):
+            rc[remote[1]].apply(lambda: __import__("os")._exit(3))
+        exit_s = time.monotonic() - t0
+        # One killed from outside says nothing: its heartbeats stop (PCLUSTER_DEAD_AFTER_S, 5 s).
+        ar = rc[remote[0]].apply_async(lambda: __import__("time").sleep(60))
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        os.kill(rc.engines[remote[0]].pid, signal.SIGKILL)  # the simulated hosts share one pid namespace
+        with pytest.raises(pcluster.EngineDied, match=f"engine {remote[0]} \\(h2"):
+            ar.get(30)
+        kill_s = time.monotonic() - t0
+        print(f"other-host death to EngineDied: os._exit {1000 * exit_s:.0f} ms, SIGKILL {1000 * kill_s:.0f} ms")
+        assert kill_s < 5 + 3, kill_s  # the bound for other hosts, with room for a busy machine
+        assert rc.ids == [i for i in rc.engines if i not in remote]
+        assert rc[:].apply(lambda: 7) == [7] * len(rc.ids)
         rc.shutdown()
     pcl.sim.wait_job_state(job, None, timeout=20)
 

@@ -18,7 +18,7 @@ import cloudpickle
 import pytest
 
 import pcluster
-from conftest import EXIT_TIMEOUT, job_env, pcluster_exe
+from conftest import EXIT_TIMEOUT, SrunLauncher, job_env, pcluster_exe
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -676,6 +676,21 @@ def test_port_ip_options_and_new_directory(start_job, tmp_path):
     with pcluster.Client(str(path)) as c:
         assert c[:].apply(whoami) == [0, 1]
     assert j.running()
+
+
+def test_slurm_job_whose_submit_host_resolves_to_loopback_listens_everywhere(start_job, launcher, tmp_path):
+    """Inside a SLURM job the bridge listens on the address that reaches the submit (login) host;
+    a submit host that resolves to loopback on the node (Debian's 127.0.1.1 line) must not make
+    it listen on loopback, where the login node cannot reach it."""
+    if isinstance(launcher, SrunLauncher):
+        pytest.skip("srun sets SLURM_SUBMIT_HOST itself: this case is the mpirun launcher's")
+    path = tmp_path / "conn.json"
+    start_job(3, path=path, env={"SLURM_JOB_ID": "424242", "SLURM_SUBMIT_HOST": "localhost"})
+    info = json.loads(path.read_text())
+    assert info["listen"] == "0.0.0.0", info
+    assert info["ip"] == info["addresses"][0] and "127.0.0.1" in info["addresses"]
+    with pcluster.Client(str(path)) as c:
+        assert c[:].apply(whoami) == [0, 1]
 
 
 def test_stale_connection_file_is_replaced(start_job, tmp_path):

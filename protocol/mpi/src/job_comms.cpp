@@ -11,18 +11,12 @@
 #include "pcluster/mpi/wire.hpp"
 #include "pcluster/protocol/codec.hpp"
 #include "pcluster/protocol/config.hpp"
+#include "pcluster/protocol/host.hpp"
 
 namespace pcluster::mpi_wire {
 
 namespace mpi = boost::mpi;
 
-namespace {
-std::string host_name() {
-    char buf[256] = {0};
-    gethostname(buf, sizeof buf - 1);
-    return buf;
-}
-}  // namespace
 
 job_comms open_job(MPI_Comm world_comm, const engine_start& start, std::vector<protocol::engine_info>* all) {
     job_comms c;
@@ -50,14 +44,14 @@ job_comms open_job(MPI_Comm world_comm, const engine_start& start, std::vector<p
     // The controller's whereabouts, and the name of its doorbell.
     std::string me_as_controller, bell_name;
     if (controller) {
-        me_as_controller = protocol::encode_meta(protocol::engine_info{-1, host_name(), getpid()});
+        me_as_controller = protocol::encode_meta(protocol::engine_info{-1, protocol::host_name(), getpid()});
         if (config::flag(config::knob::doorbell)) c.bell = doorbell::create(c.n_engines());
         if (c.bell) bell_name = c.bell->name();
     }
     mpi::broadcast(c.world, me_as_controller, 0);
     mpi::broadcast(c.world, bell_name, 0);
     c.controller = protocol::decode_meta<protocol::engine_info>(me_as_controller, "engine_info");
-    if (!controller && !bell_name.empty() && c.controller.host == host_name())
+    if (!controller && !bell_name.empty() && c.controller.host == protocol::host_name())
         c.bell = doorbell::attach(bell_name, c.n_engines());
     c.world.barrier();  // every engine of the host mapped it: the name can go
     if (controller && c.bell) c.bell->unlink();
