@@ -88,6 +88,8 @@ class Job:
 
     @property
     def controller_pid(self):
+        if "controller_pid" not in self.info:  # files of a499dd7 and before (bench/soak_backpressure.py --old-build)
+            return self.info["controller"]["pid"]
         return self.info["controller_pid"]
 
     def running(self):

@@ -14,6 +14,7 @@
 #include <optional>
 #include <system_error>
 
+#include <malloc.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -124,6 +125,7 @@ public:
             link_.flush();
             if (progress) {
                 idle.reset();
+                trim_due_ = true;
                 continue;
             }
             // A ring that came before its message reached a sleeping engine must not cost it its
@@ -136,6 +138,7 @@ public:
             std::int64_t s = idle.next_sleep(channels_.transferring());
             if (s == 0) continue;
             if (channels_.quiet() && !stopping_ && idle.dozing()) {
+                give_back_memory();
                 // Nothing in flight, no reply awaited: sleep until the bridge, an engine's death,
                 // the next heartbeat or a task's timeout (an idle job wakes about once a second).
                 auto until = watch_.next_beat();
@@ -156,6 +159,23 @@ public:
     }
 
 private:
+    // The process keeps freed memory for the next large message (keep_freed_memory); once nothing
+    // has been in flight for a second it gives it back: a client that left, a burst of requests
+    // that queued here (measured: 259 MiB kept after a paused client's 1 MiB requests drained, 25
+    // MiB after a trim). The next large transfer after a pause faults its pages in again (~60 ms
+    // per 100 MiB on a VM here).
+    void give_back_memory() {
+        const auto now = std::chrono::steady_clock::now();
+        if (trim_due_) {
+            trim_due_ = false;
+            quiet_since_ = now;
+            trim_pending_ = true;
+        } else if (trim_pending_ && now - quiet_since_ > std::chrono::seconds(1)) {
+            ::malloc_trim(0);
+            trim_pending_ = false;
+        }
+    }
+
     bool receive() {
         return channels_.receive([this](std::uint64_t len, const awaited_reply& a) { return land(len, a); },
                                  [this](std::shared_ptr<proto::byte_buffer> b) { link_.send_raw(std::move(b)); },
@@ -406,6 +426,8 @@ private:
     std::chrono::duration<double> shutdown_grace_{config::number(config::knob::shutdown_grace_s)};
     bool interrupted_at_shutdown_ = false;
     std::chrono::steady_clock::time_point last_ring_{};
+    bool trim_due_ = false, trim_pending_ = false;  // see give_back_memory
+    std::chrono::steady_clock::time_point quiet_since_{};
 };
 
 int run(MPI_Comm world, const options& opt) {

@@ -77,6 +77,8 @@ private:
     std::vector<std::unique_ptr<mpi_wire::control_msg>> abandoned_;  // sends to dead engines: MPI may still read them
     std::chrono::duration<double> beat_every_, dead_after_;
     clock::time_point next_beat_;
+    static constexpr std::chrono::milliseconds look_every{1};  // see poll()
+    clock::time_point next_look_{};
     bool recovery_ = false;
 };
 

@@ -130,25 +130,6 @@ def _lookup(name):
         raise NameError(f"name '{name}' is not defined") from None
 
 
-def _bind(f):
-    """Functions that came by value (defined interactively on the client) run in this engine's
-    namespace, as code given to execute() would: names the client did not send are looked up
-    here. Globals the client sent that the engine lacks are added to the namespace."""
-    if not isinstance(f, types.FunctionType):
-        return f
-    mod = sys.modules.get(f.__module__)
-    if mod is not None and f.__globals__ is getattr(mod, "__dict__", None):
-        return f  # an importable module's function: keep its own globals
-    for k, v in f.__globals__.items():
-        if not k.startswith("__") and k not in _ns:
-            _ns[k] = v
-    g = types.FunctionType(f.__code__, _ns, f.__name__, f.__defaults__, f.__closure__)
-    g.__kwdefaults__ = f.__kwdefaults__
-    g.__qualname__ = f.__qualname__
-    g.__dict__.update(f.__dict__)
-    return g
-
-
 _cell = itertools.count(1)
 
 
@@ -236,28 +217,57 @@ def _pull(msg, shared, part):
     return [_lookup(n) for n in msg.names]
 
 
-_functions = {}  # cloudpickle bytes -> function, oldest first
+_functions = {}  # pickle bytes -> (code, globals, name, defaults, kwdefaults, qualname), oldest first
 
 
 def _function(fbytes):
-    """The function a client sent (cloudpickle bytes). A function without a closure is unpickled
-    once per distinct bytes (up to 128 kept): a loop of small applies skips re-creating it. One
-    with a closure is unpickled every time, so its cells start fresh on each call."""
-    f = _functions.get(fbytes)
-    if f is not None:
+    """The function a client sent (serialize.dumps_function bytes), unpickled for this call: a
+    function that came by value sees what was sent with it, and names it did not send are looked
+    up in this engine's namespace (serialize.Globals); nothing it does to its globals outlives
+    the call. A loop of small applies of the same function skips the unpickling: bytes seen
+    before (up to 128 kept) give a new function over a copy of the same globals - kept only when
+    every value it carries cannot change in place (serialize.frozen), so a call cannot leave
+    anything behind for the next one."""
+    hit = _functions.get(fbytes)
+    if hit is not None:
+        code, g, name, defaults, kwdefaults, qualname = hit
+        f = types.FunctionType(code, serialize.Globals(g) if type(g) is serialize.Globals else g, name, defaults)
+        if kwdefaults:
+            f.__kwdefaults__ = dict(kwdefaults)
+        f.__qualname__ = qualname
         return f
     f = serialize.loads([fbytes])
-    if isinstance(f, types.FunctionType) and f.__closure__ is None:
+    if _reusable(f):
         if len(_functions) >= 128:
             del _functions[next(iter(_functions))]
-        _functions[fbytes] = f
+        g = f.__globals__  # kept as sent: this call gets the original, later ones copies
+        g = serialize.Globals(g) if type(g) is serialize.Globals else g
+        kw = f.__kwdefaults__ and dict(f.__kwdefaults__)
+        _functions[fbytes] = (f.__code__, g, f.__name__, f.__defaults__, kw, f.__qualname__)
     return f
+
+
+def _reusable(f):
+    if type(f) is not types.FunctionType or f.__closure__ is not None:
+        return False
+    if f.__dict__ and f.__dict__ != {serialize._INTERACTIVE: True}:
+        return False
+    g = f.__globals__
+    if type(g) is serialize.Globals:
+        carried = [v for k, v in g.items() if not k.startswith("__")]
+    elif g is _ns:  # @interactive: runs in the namespace, carries nothing
+        carried = []
+    else:  # an importable module's function: its module's globals are its own business
+        return False
+    carried += f.__defaults__ or ()
+    carried += (f.__kwdefaults__ or {}).values()
+    return all(serialize.frozen(v) for v in carried)
 
 
 @_handles("apply_request")
 def _apply(msg, shared, part):
     fbytes, args, kwargs = serialize.unpack_call(shared)
-    f = _bind(_function(fbytes))
+    f = _function(fbytes)
     return f(*args, **kwargs) if kwargs else f(*args)
 
 
@@ -278,7 +288,7 @@ def _gather(msg, shared, part):
 @_handles("map_request")
 def _map(msg, shared, part):
     fbytes, _, _ = serialize.unpack_call(shared)
-    f = _bind(_function(fbytes))
+    f = _function(fbytes)
     return [f(*args) for args in serialize.loads(part)]
 
 
@@ -288,7 +298,7 @@ def _task(msg, shared, part):
     if msg.kind == _core.task_kind.call:
         return _apply(msg, shared, part)
     fbytes, items, single = serialize.unpack_chunk(shared)
-    f = _bind(_function(fbytes))
+    f = _function(fbytes)
     if not msg.return_exceptions:
         return [f(x) for x in items] if single else [f(*a) for a in items]
     out = []

@@ -122,21 +122,27 @@ class LoadBalancedView:
                 )
         return ids
 
-    def apply(self, f, *args, after=None, follow=None, retries=None, timeout=None, block=None, **kwargs):
-        """f(*args, **kwargs) on whichever engine is free. after/follow/retries/timeout override
-        the view's flags (a function that needs a keyword argument of one of these names takes
-        it through functools.partial)."""
+    def apply(self, f, /, *args, after=None, follow=None, retries=None, timeout=None, block=None, **kwargs):
+        """f(*args, **kwargs) on whichever engine is free. after/follow/retries/timeout/block
+        override the view's flags for this call; every other keyword argument (f, args, targets
+        included) goes to f (a function that needs a keyword argument named like a flag takes it
+        through functools.partial or lv.temp_flags)."""
+        return self._apply(f, args, kwargs, block, after, follow, retries, timeout)
+
+    def apply_async(self, f, /, *args, after=None, follow=None, retries=None, timeout=None, **kwargs):
+        """apply, not blocking: a keyword argument named block goes to f."""
+        return self._apply(f, args, kwargs, False, after, follow, retries, timeout)
+
+    def apply_sync(self, f, /, *args, after=None, follow=None, retries=None, timeout=None, **kwargs):
+        """apply, blocking: a keyword argument named block goes to f."""
+        return self._apply(f, args, kwargs, True, after, follow, retries, timeout)
+
+    def _apply(self, f, args, kwargs, block, after, follow, retries, timeout):
         if not callable(f):
             raise TypeError(f"apply needs a callable, not {type(f).__name__}")
         bufs = serialize.pack_call(f, args, kwargs)
         ar = self._task(_CALL, bufs, "apply", after, follow, retries, timeout)
         return ar.get() if (self.block if block is None else block) else ar
-
-    def apply_async(self, f, *args, **kwargs):
-        return self.apply(f, *args, block=False, **kwargs)
-
-    def apply_sync(self, f, *args, **kwargs):
-        return self.apply(f, *args, block=True, **kwargs)
 
     def _default_chunksize(self, n):
         # A few chunks per engine: load balance without a task per item.

@@ -150,14 +150,18 @@ class DirectView:
         msg = _core.execute_request(code=code, silent=bool(silent))
         return self._run(msg, [], "execute", targets, block, keep_ar=True)
 
-    def apply(self, f, *args, **kwargs):
-        """f(*args, **kwargs) on each engine; blocks per view.block."""
+    # f is positional-only: every keyword argument, whatever its name (f, args, block,
+    # targets...), goes to f.
+    def apply(self, f, /, *args, **kwargs):
+        """f(*args, **kwargs) on each engine; blocks per view.block. Every keyword argument goes
+        to f. What f sees: docs/architecture.md, "Serialization" (values defined interactively
+        travel by value; names not sent come from the engine's namespace)."""
         return self._apply(f, args, kwargs, None)
 
-    def apply_sync(self, f, *args, **kwargs):
+    def apply_sync(self, f, /, *args, **kwargs):
         return self._apply(f, args, kwargs, True)
 
-    def apply_async(self, f, *args, **kwargs):
+    def apply_async(self, f, /, *args, **kwargs):
         return self._apply(f, args, kwargs, False)
 
     def _apply(self, f, args, kwargs, block):

@@ -68,16 +68,18 @@ if [ "${SKIP_ASAN:-0}" != 1 ]; then
   # runtime is preloaded so that the instrumented _core module can load into it.
   export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:log_path=$reports/asan"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan"
-  libasan=$(gcc -print-file-name=libasan.so)
+  # libstdc++ is preloaded too: the runtime must find the real __cxa_throw when it starts, or the
+  # first C++ exception thrown inside Python's process fails ASan's own CHECK (seen here).
+  preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
   say "ctest of the sanitizer build"
-  (cd build/asan && LD_PRELOAD=$libasan PATH="$root/build/asan/bin:$PATH" PYTHONPATH="$root/build/asan/python" \
+  (cd build/asan && LD_PRELOAD="$preload" PATH="$root/build/asan/bin:$PATH" PYTHONPATH="$root/build/asan/python" \
     ctest --output-on-failure -j "$jobs" --timeout 600 -E 'configure_rejects_bare_python|docs_match_the_code')
   say "end-to-end subset against the sanitizer build: $SANITIZE_E2E"
   # shellcheck disable=SC2086
-  LD_PRELOAD=$libasan PATH="$root/build/asan/bin:$PATH" PYTHONPATH="$root/build/asan/python" \
+  LD_PRELOAD="$preload" PATH="$root/build/asan/bin:$PATH" PYTHONPATH="$root/build/asan/python" \
     PCLUSTER_BUILD_DIR="$root/build/asan" /usr/bin/python3 -m pytest $SANITIZE_E2E -q -p no:cacheprovider \
-    --timeout 600
+    --timeout 600 -m "not sanitizer_unfit"
   if ls "$reports"/* >/dev/null 2>&1; then
     say "SANITIZER REPORTS:"
     for f in "$reports"/*; do echo "== $f"; head -60 "$f"; done

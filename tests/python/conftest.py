@@ -12,6 +12,7 @@ Functions written in the test modules are pickled by value (cloudpickle), so the
 cannot import the tests, can run them.
 """
 
+import ctypes
 import json
 import os
 import shutil
@@ -123,6 +124,14 @@ class SrunLauncher:
 LAUNCHERS = {"mpirun": MpirunLauncher, "srun": SrunLauncher}
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "sanitizer_unfit(why): left out of the sanitizer build's run (tests/fuzz/run.sh) for the reason given; "
+        "it runs in every normal run",
+    )
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--pcluster-launcher",
@@ -138,6 +147,12 @@ def launcher(request):
 
 
 # --------------------------------------------------------------------------- jobs
+def _end_with_the_tests():
+    """In the job's launcher, before exec: SIGTERM when the test process dies without its teardown
+    (killed, or a sanitizer ended it), so no job outlives the tests and eats the CPU of later ones."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Job:
     """A running (or finished) pcluster job started by the tests."""
 
@@ -159,6 +174,7 @@ class Job:
             stdin=subprocess.DEVNULL,
             env=job_env(env),
             start_new_session=True,  # own process group: the teardown can end all of it
+            preexec_fn=_end_with_the_tests,
         )
 
     def log_text(self):

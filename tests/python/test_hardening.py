@@ -9,12 +9,9 @@ failed logins are slowed and their log lines counted, the bridge keeps no inheri
 """
 
 import contextlib
-import hashlib
-import hmac
 import json
 import os
 import re
-import select
 import shutil
 import socket
 import struct
@@ -30,199 +27,9 @@ import pcluster
 from pcluster import _core
 
 from conftest import job_env
-
-MAGIC = 0x314C4350
-VERSION = 2
-PREFIX = struct.Struct("<IHHIIQ")
-T_CHALLENGE, T_AUTH_REQUEST, T_AUTH_REPLY = 1, 2, 3
-T_EXECUTE, T_SHM_FRAME, T_SHM_RETURN, T_ENGINE_REPLY = 10, 20, 21, 40
-REQUEST_TYPES = range(10, 20)  # execute_request .. control_request: every request starts with its route
-
-
-# --------------------------------------------------------------------------- the wire, by hand
-def frame(type_, meta, bufs=()):
-    body = len(meta) + 8 * len(bufs) + sum(len(b) for b in bufs)
-    return (PREFIX.pack(MAGIC, VERSION, type_, len(meta), len(bufs), body)
-            + b"".join(struct.pack("<Q", len(b)) for b in bufs) + meta + b"".join(bufs))
-
-
-def string(b):
-    return struct.pack("<Q", len(b)) + b
-
-
-def recv_exact(s, n, deadline):
-    out = bytearray()
-    while len(out) < n:
-        s.settimeout(max(0.01, deadline - time.monotonic()))
-        chunk = s.recv(min(n - len(out), 1 << 20))
-        if not chunk:
-            raise EOFError("the bridge closed the connection")
-        out += chunk
-    return bytes(out)
-
-
-def read_frame(s, timeout=10):
-    """(type, meta, whole frame) of the next frame on s."""
-    deadline = time.monotonic() + timeout
-    pre = recv_exact(s, PREFIX.size, deadline)
-    magic, version, type_, meta_len, nbufs, body_len = PREFIX.unpack(pre)
-    assert magic == MAGIC and version == VERSION
-    body = recv_exact(s, body_len, deadline)
-    return type_, body[8 * nbufs:8 * nbufs + meta_len], pre + body
-
-
-def frame_id(data):
-    """The request id of a frame (the first field of every request and reply)."""
-    nbufs = PREFIX.unpack_from(data)[4]
-    return struct.unpack_from("<Q", data, PREFIX.size + 8 * nbufs + 1)[0]
-
-
-def with_id(data, new_id):
-    """A copy of a recorded request frame carrying another request id."""
-    nbufs = PREFIX.unpack_from(data)[4]
-    at = PREFIX.size + 8 * nbufs + 1
-    return data[:at] + struct.pack("<Q", new_id) + data[at + 8:]
-
-
-def with_string(data, old, new):
-    """A copy of a frame (without buffers) whose string field `old` is `new` (cereal: u64 length, bytes)."""
-    old_b, new_b = old.encode(), new.encode()
-    enc = struct.pack("<Q", len(old_b)) + old_b
-    at = data.index(enc)
-    magic, version, type_, meta_len, nbufs, body_len = PREFIX.unpack_from(data)
-    assert nbufs == 0
-    grow = len(new_b) - len(old_b)
-    out = data[:at] + struct.pack("<Q", len(new_b)) + new_b + data[at + len(enc):]
-    return PREFIX.pack(magic, version, type_, meta_len + grow, nbufs, body_len + grow) + out[PREFIX.size:]
-
-
-def auth_request_meta(mac, probe=b"", token=bytes(32), **extra):
-    """An auth_request's meta from its field list (so a field added later is caught here)."""
-    parts = {"mac": mac, "client_nonce": os.urandom(32), "shm_probe": string(probe), "shm_token": token}
-    for name, value in extra.items():
-        parts[name] = value
-    fields = list(_core.auth_request.fields)
-    for name in fields:
-        if name not in parts:
-            parts[name] = struct.pack("<I", 0)  # u32 fields added later (resume: 0, a new client)
-    return b"\x01" + b"".join(parts[n] for n in fields)
-
-
-def error_text(meta):
-    """The evalue of an engine_reply meta (id u64, engine i32, origin u8, status u8, kind u8, ename, evalue)."""
-    at = 1 + 8 + 4 + 3
-    n = struct.unpack_from("<Q", meta, at)[0]
-    at += 8 + n
-    n = struct.unpack_from("<Q", meta, at)[0]
-    return meta[at + 8:at + 8 + n].decode("utf-8", "replace")
-
-
-class Raw:
-    """A TCP connection to a job's bridge speaking the protocol by hand: what an attacker (or a
-    broken client) can send. login=False stops after the challenge."""
-
-    def __init__(self, info, login=True, key=None, probe=None, token=bytes(32)):
-        self.info = info
-        self.s = socket.create_connection((info["ip"], info["port"]), timeout=10)
-        try:
-            self._start(login, key, probe, token)
-        except BaseException:
-            self.s.close()
-            raise
-
-    def _start(self, login, key, probe, token):
-        info = self.info
-        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        type_, meta, _ = read_frame(self.s)
-        assert type_ == T_CHALLENGE
-        self.nonce = meta[1:33]
-        self.no = None
-        self.seq = 0
-        if login:
-            k = bytes.fromhex(key or info["key"])
-            mac = hmac.new(k, b"pcluster-client" + self.nonce, hashlib.sha256).digest()
-            self.s.sendall(frame(T_AUTH_REQUEST, auth_request_meta(mac, probe or b"", token)))
-            type_, meta, _ = read_frame(self.s)
-            assert type_ == T_AUTH_REPLY
-            ok = meta[1]
-            n = struct.unpack_from("<Q", meta, 2)[0]
-            if not ok:
-                raise PermissionError(meta[10:10 + n].decode())
-            self.no = struct.unpack_from("<I", meta, 10 + n)[0]
-            self.shm_ok = bool(meta[-1])
-
-    def next_id(self):
-        self.seq += 1
-        return (self.no << 32) | self.seq
-
-    def send(self, data):
-        self.s.sendall(data)
-
-    def reply(self, timeout=10):
-        return read_frame(self.s, timeout)
-
-    def closed_by_bridge(self, timeout=5):
-        """Whether the bridge closes this connection within timeout (reading what comes meanwhile)."""
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                self.s.settimeout(max(0.01, deadline - time.monotonic()))
-                if not self.s.recv(1 << 16):
-                    return True
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-        except (socket.timeout, TimeoutError):
-            return False
-        return False
-
-    def close(self):
-        with contextlib.suppress(OSError):
-            self.s.close()
-
-
-def record_requests(info, action):
-    """Runs action(client) with a real Client whose connection passes a recording proxy; returns
-    the frames (bytes) it sent after its login. Requests built by the real client, replayed by
-    hand, stay right however the messages' fields change."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-    sent = bytearray()
-    stop = threading.Event()
-
-    def pump():
-        a, _ = lsock.accept()
-        b = socket.create_connection((info["ip"], info["port"]))
-        while not stop.is_set():
-            r, _, _ = select.select([a, b], [], [], 0.05)
-            for s in r:
-                data = s.recv(1 << 20)
-                if not data:
-                    stop.set()
-                    break
-                (b if s is a else a).sendall(data)
-                if s is a:
-                    sent.extend(data)
-        a.close()
-        b.close()
-
-    t = threading.Thread(target=pump, daemon=True)
-    t.start()
-    proxied = dict(info, ip="127.0.0.1", addresses=["127.0.0.1"], port=lsock.getsockname()[1])
-    c = pcluster.Client(proxied, timeout=10)
-    try:
-        action(c)
-    finally:
-        c.close()
-        stop.set()
-        t.join(10)
-        lsock.close()
-    frames, at = [], 0
-    while at + PREFIX.size <= len(sent):
-        body = PREFIX.unpack_from(sent, at)[5]
-        frames.append(bytes(sent[at:at + PREFIX.size + body]))
-        at += PREFIX.size + body
-    return [f for f in frames if PREFIX.unpack_from(f)[2] != T_AUTH_REQUEST]
+from rawwire import (MAGIC, PREFIX, REQUEST_TYPES, T_AUTH_REPLY, T_AUTH_REQUEST, T_CHALLENGE, T_ENGINE_REPLY, T_EXECUTE,
+                     T_SHM_FRAME, T_SHM_RETURN, VERSION, Raw, error_text, frame, frame_id, record_requests, string,
+                     with_id, with_string)
 
 
 # --------------------------------------------------------------------------- processes
@@ -346,6 +153,7 @@ def test_claims_before_login_allocate_nothing(start_job, local_only):
         assert c[0].apply_sync(lambda: 5) == 5
 
 
+@pytest.mark.sanitizer_unfit("bounds on resident memory: the sanitizer's shadow memory and quarantine are what they would measure")
 def test_pending_logins_hold_a_few_kib_and_are_capped(start_job, local_only):
     """Connections that never log in: a few KiB each at most, at most PCLUSTER_MAX_PENDING_LOGINS
     of them (the oldest dropped), and a client with the key gets in and runs meanwhile."""
@@ -432,6 +240,7 @@ def test_absurd_counts_in_every_message_fail_one_request(start_job, local_only):
 
 
 # --------------------------------------------------------------------------- 3. budgets per client
+@pytest.mark.sanitizer_unfit("bounds on resident memory: the sanitizer's shadow memory and quarantine are what they would measure")
 def test_a_client_that_stops_reading_is_paused(start_job, local_only):
     """Issue: a client that sends and never reads grew the bridge without bound (1.5 GB) and kept
     most of it after leaving. Now: over its reply budget the bridge stops reading its requests
@@ -468,6 +277,7 @@ def test_a_client_that_stops_reading_is_paused(start_job, local_only):
     assert wait_until(lambda: rss_mib(pid) - base < 20, 10), f"the bridge still holds {rss_mib(pid) - base:.0f} MiB"
 
 
+@pytest.mark.sanitizer_unfit("bounds on resident memory: the sanitizer's shadow memory and quarantine are what they would measure")
 def test_requests_in_flight_are_bounded(start_job, local_only):
     """Issue: 1,500 requests of 1 MiB to a busy engine were all taken (bridge 1.5 GB, controller
     400 MB). Now the bridge takes about PCLUSTER_CLIENT_INFLIGHT_MIB of them until replies come."""
@@ -708,6 +518,7 @@ def test_the_bridge_keeps_no_inherited_descriptors(job, local_only):
 
 
 # --------------------------------------------------------------------------- 10. soak and load, fast variants
+@pytest.mark.sanitizer_unfit("memory and round-trip bounds of the soak scripts: under the sanitizers they would measure its costs")
 @pytest.mark.parametrize("script", ["soak_tasks", "soak_clients", "soak_flood", "soak_kill"])
 def test_soak_fast_variant(script, local_only, tmp_path):
     """The soak and load scripts of docs/reliability.md, in their short form: 60,000 tasks with

@@ -107,6 +107,7 @@ def test_error_from_the_task_farm(rc):
     rc.wait(busy, 30)
 
 
+@pytest.mark.sanitizer_unfit("runs the process out of file descriptors, which the sanitizer's runtime needs for its reports")
 def test_error_made_by_this_client(rc):
     """A large reply arrives in shared memory; when this process cannot map it (here: out of file
     descriptors), the request fails with ReplyLost and the connection serves on."""
