@@ -1,6 +1,7 @@
 """Client: attaches to a running pcluster job through its connection file."""
 
 import atexit
+import concurrent.futures
 import itertools
 import json
 import numbers
@@ -251,7 +252,12 @@ class Client:
         """rc[0] (one engine: scalar results), rc[:] (every live engine, also after one died),
         rc[1:3], rc[[0, 2]] (lists of results)."""
         if isinstance(key, numbers.Integral):
-            return DirectView(self, self._check_id(int(key)))
+            key = int(key)
+            if key < 0:  # as ipyparallel: counted from the end of the live engines
+                if -key > len(self._ids):
+                    raise IndexError(f"no engine {key}: this job has {len(self._ids)} live engines")
+                key = self._ids[key]
+            return DirectView(self, self._check_id(key))
         if key == slice(None):
             return DirectView(self, "all")
         return DirectView(self, self._resolve(key))
@@ -259,6 +265,38 @@ class Client:
     def direct_view(self, targets="all"):
         """A DirectView; 'all' follows the live engines."""
         return DirectView(self, "all" if targets in ("all", None) else self._resolve(targets))
+
+    def broadcast_view(self, targets="all", is_coalescing=False):
+        """ipyparallel's broadcast view: here every DirectView request to several engines already
+        goes out as one MPI broadcast and comes back as one combined reply, so this is
+        direct_view(targets) (is_coalescing is accepted for compatibility; replies always are)."""
+        return self.direct_view(targets)
+
+    def activate(self, targets="all", suffix=""):
+        """%px and friends (name + suffix) on a DirectView of targets; returns the view."""
+        view = self.direct_view(targets)
+        view.activate(suffix)
+        return view
+
+    def executor(self, targets=None):
+        """A concurrent.futures.Executor over a load-balanced view of targets (None: all)."""
+        return self.load_balanced_view(targets).executor
+
+    def wait_for_engines(self, n=None, *, timeout=-1, block=True):
+        """Returns once n engines are up (None: those of the job). A pcluster job's engines are
+        its MPI ranks, all up once the Client connected, and a running job cannot gain any: asking
+        for more than it has is an error at once, not a wait that could only time out."""
+        have = len(self._ids)
+        if n is not None and n > have:
+            raise TimeoutError(
+                f"this job has {have} live engines and will never have {n}: a pcluster job's engines are its MPI "
+                f"ranks, fixed at launch (start one with {n + 1} ranks, e.g. `mpirun -n {n + 1} pcluster`)"
+            )
+        if block:
+            return None
+        done = concurrent.futures.Future()
+        done.set_result(None)
+        return done
 
     # --- requests ---
     def _new_request(self, msg, bufs, wire_targets, ar_targets, method, direct, deaths_seen=None, **ar_args):

@@ -19,6 +19,7 @@ import math
 import numbers
 
 from . import _core, serialize
+from .remotefunction import ViewCalls
 from .asyncresult import AsyncResult
 from .mapresult import AsyncMapResult
 
@@ -53,7 +54,7 @@ def _task_ids(deps):
     return ids
 
 
-class LoadBalancedView:
+class LoadBalancedView(ViewCalls):
     """Tasks go to free engines; methods take block= (default: view.block, False)."""
 
     def __init__(self, client, targets=None):

@@ -3,6 +3,7 @@
 import numbers
 
 from . import _core, serialize
+from .remotefunction import ViewCalls
 
 
 def _partition(seq, nparts):
@@ -41,7 +42,7 @@ def _flatten_lists(parts):
     return out
 
 
-class DirectView:
+class DirectView(ViewCalls):
     """Engines addressed explicitly: rc[:], rc[0], rc[1:3], rc[[0, 2]].
 
     Every method takes block= (default: view.block, True) and targets= (default: the view's).
