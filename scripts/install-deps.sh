@@ -10,6 +10,8 @@ pkgs=(
   python3-pytest-timeout python3-tqdm python3-ipython python3-ipykernel python3-nbclient
   python3-nbformat python3-ipyparallel python3-distributed
   python3-tk xvfb xauth
+  # the plot of bench/scale_bench.py
+  python3-matplotlib
   # a two-node SLURM cluster simulated on this machine (tests/cluster), ssh tunnels
   slurmctld slurmd slurm-client munge iproute2 openssh-server openssh-client
   # fuzzing and sanitizer builds

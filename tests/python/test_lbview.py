@@ -601,7 +601,12 @@ def test_imap_unordered(lv):
     assert list(lv.imap(add, range(30), range(30), chunksize=4)) == [2 * i for i in range(30)]
 
 
-def test_imap_break_aborts_the_rest(rc, lv, tmp_path):
+def test_imap_break_aborts_the_rest(start_job, tmp_path):
+    # A job of its own with the window fixed at its default: on the shared job, fast tasks of
+    # earlier tests have widened the adaptive window (up to 32), and all 12 would be on engines.
+    j = start_job(nranks=len(IDS) + 1, env={"PCLUSTER_TASK_PREFETCH": str(PREFETCH)})
+    rc = pcluster.Client(str(j.path), timeout=10)
+    lv = rc.load_balanced_view()
     path = tmp_path / "ran"
     pulled = []
 
@@ -627,6 +632,7 @@ def test_imap_break_aborts_the_rest(rc, lv, tmp_path):
     # the farm still works
     assert lv.apply_sync(add, 1, 2) == 3
     assert lv.map_sync(add, range(5), chunksize=2) == list(range(5))
+    rc.close()
 
 
 def test_imap_return_exceptions(lv):
