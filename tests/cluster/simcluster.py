@@ -58,6 +58,13 @@ HOSTS_MARK = "# pcluster-simcluster"  # ends every /etc/hosts line we add, so do
 SENTINEL = ".simcluster"  # marks a state dir as ours: up() only wipes a dir that has it
 CPUS_PER_NODE = 8  # over-declared (the machine has 2 cores); slurmd accepts it with config_overrides
 CTLD_PORT, SLURMD_PORT = 16817, 16818  # not SLURM's defaults, so a real local SLURM is not disturbed
+# Directories under /tmp that every host must still see behind its private /tmp: the checkout
+# these tests run from (a CI checkout may live in /tmp; its build is what the jobs run).
+CARRIED = [d for d in [Path(__file__).resolve().parents[2]] if Path("/tmp") in d.parents]
+# Shell words (with "$1" = the host's own tmp dir) that make it the host's /tmp, with CARRIED
+# bound inside it first (a recursive bind keeps them).
+TMP_MOUNTS = " && ".join([f'mount --bind "{d}" "$1/{d.relative_to("/tmp")}"' for d in CARRIED]
+                         + ['mount --rbind "$1" /tmp'])
 KILL_WAIT = 5  # s between SIGTERM and SIGKILL of a cancelled job (SLURM's default is 30)
 DAEMONS = ("slurmctld", "slurmscriptd", "slurmd", "slurmstepd", "munged")
 
@@ -195,7 +202,7 @@ class SimCluster:
             return []
         if host not in self.hosts:
             raise ValueError(f"unknown host {host!r} (hosts: {', '.join(self.hosts)})")
-        enter = 'hostname "$0" && mount --bind "$1" /tmp && mount --bind "$2" /etc/hosts && shift 2 && exec "$@"'
+        enter = f'hostname "$0" && {TMP_MOUNTS} && mount --bind "$2" /etc/hosts && shift 2 && exec "$@"'
         return ["nsenter", f"--net=/run/netns/{host}", "unshare", "--uts", "--mount", "--propagation", "private",
                 "/bin/sh", "-c", enter, host, str(self._host_tmp(host)), str(self._host_hosts(host))]
 
@@ -329,6 +336,9 @@ class SimCluster:
             d.mkdir(parents=True)
         for d in [self.shared_dir] + [self._host_tmp(h) for h in self.hosts]:
             d.chmod(0o1777)
+        for h in self.hosts:  # mount points for what TMP_MOUNTS carries into each host's /tmp
+            for d in CARRIED:
+                (self._host_tmp(h) / d.relative_to("/tmp")).mkdir(parents=True, exist_ok=True)
         self._prepare_munge_dir()
 
     def _prepare_munge_dir(self):
@@ -414,7 +424,7 @@ class SimCluster:
 # Usage (as Open MPI calls ssh): nsrsh HOST COMMAND...
 enter() {{  # HOST TMPDIR HOSTSFILE COMMAND: its network namespace, hostname, private /tmp and /etc/hosts
   exec nsenter --net=/run/netns/"$1" unshare --uts --mount --propagation private \\
-    /bin/sh -c 'hostname "$0" && mount --bind "$1" /tmp && mount --bind "$2" /etc/hosts && exec /bin/sh -c "$3"' \\
+    /bin/sh -c 'hostname "$0" && {TMP_MOUNTS} && mount --bind "$2" /etc/hosts && exec /bin/sh -c "$3"' \\
     "$1" "$2" "$3" "$4"
 }}
 host=$1; shift
