@@ -140,9 +140,8 @@ public:
             if (channels_.quiet() && !stopping_ && idle.dozing()) {
                 give_back_memory();
                 // Nothing in flight, no reply awaited: sleep until the bridge, an engine's death,
-                // a remote engine's silence deadline, the next heartbeat or a task's timeout (an
-                // idle job wakes about once a second).
-                auto until = std::min(watch_.next_beat(), watch_.next_silence());
+                // the next heartbeat or a task's timeout (an idle job wakes about once a second).
+                auto until = watch_.next_beat();
                 if (auto d = farm_.next_deadline()) until = std::min(until, *d);
                 s = std::max<std::int64_t>(s, std::chrono::duration_cast<std::chrono::nanoseconds>(
                                                   until - std::chrono::steady_clock::now()).count());

@@ -92,14 +92,6 @@ std::vector<pollfd> engine_watch::pollfds() const {
     return out;
 }
 
-engine_watch::clock::time_point engine_watch::next_silence() const {
-    auto t = clock::time_point::max();
-    for (std::size_t e = 0; e < engines_.size(); ++e)
-        if (alive_[e] && engines_[e].pidfd < 0)
-            t = std::min(t, engines_[e].last_heard + std::chrono::duration_cast<clock::duration>(dead_after_));
-    return t;
-}
-
 void engine_watch::send(int engine, const wire::control_msg& m) {
     if (!alive(engine)) return;
     auto msg = std::make_unique<wire::control_msg>(m);

@@ -49,9 +49,6 @@ public:
     bool alive(int engine) const { return alive_[static_cast<std::size_t>(engine)]; }
     // When poll() is next due to send heartbeats.
     clock::time_point next_beat() const { return next_beat_; }
-    // When the first live engine on another host falls silent for dead_after, if none speaks
-    // before: an idle controller must look then, not a heartbeat later (other hosts: <= 5 s).
-    clock::time_point next_silence() const;
     const std::vector<bool>& alive_map() const { return alive_; }
     // Whether a job on this launch survives an engine's death (mpirun --enable-recovery, or srun
     // without --kill-on-bad-exit); without it mpirun ends the whole job moments later.

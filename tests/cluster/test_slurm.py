@@ -299,13 +299,13 @@ def test_mpirun_inside_sbatch_survives_engine_death_and_pcluster_cancel(pcl, own
 
 
 def test_shutdown_ends_an_mpirun_job_after_a_remote_engine_died(pcl, own_jobs):
-    proc = pcl.cli("submit", "-N", "2", "-n", "6", "--launcher", "mpirun", "--wait", "120", "--",
-                   "--ntasks-per-node=3", timeout=180)
+    proc = pcl.cli("submit", "-N", "2", "-n", "4", "--launcher", "mpirun", "--wait", "120", "--",
+                   "--ntasks-per-node=2", timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job = job_id_from(proc.stdout)
     with pcluster.Client(job=job, timeout=30) as rc:
         remote = sorted(i for i, e in rc.engines.items() if e.host == "h2")
-        assert len(remote) == 3, rc.engines
+        assert len(remote) == 2, rc.engines
         # An engine on the other host that exits: its last words carry the code at once.
         t0 = time.monotonic()
         with pytest.raises(pcluster.EngineDied, match=r"engine \d+ \(h2, pid \d+\) exited with code 3"):
@@ -321,16 +321,6 @@ def test_shutdown_ends_an_mpirun_job_after_a_remote_engine_died(pcl, own_jobs):
         kill_s = time.monotonic() - t0
         print(f"other-host death to EngineDied: os._exit {1000 * exit_s:.0f} ms, SIGKILL {1000 * kill_s:.0f} ms")
         assert kill_s < 5 + 3, kill_s  # the bound for other hosts, with room for a busy machine
-        # The same with nothing in flight: the idle controller wakes at the engine's silence
-        # deadline rather than a heartbeat later, and every client hears of it.
-        time.sleep(1.5)  # the job idles: the controller sleeps
-        t0 = time.monotonic()
-        os.kill(rc.engines[remote[2]].pid, signal.SIGKILL)
-        wait_until(lambda: remote[2] not in rc.ids, 30, f"engine {remote[2]} to leave rc.ids")
-        idle_kill_s = time.monotonic() - t0
-        print(f"other-host SIGKILL of an idle engine to rc.ids: {1000 * idle_kill_s:.0f} ms")
-        assert idle_kill_s < 5 + 3, idle_kill_s
-        assert "stopped answering" in rc.engines[remote[2]].death
         assert rc.ids == [i for i in rc.engines if i not in remote]
         assert rc[:].apply(lambda: 7) == [7] * len(rc.ids)
         rc.shutdown()
