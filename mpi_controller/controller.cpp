@@ -121,6 +121,12 @@ public:
                 for (const auto& d : deaths) engine_died(d.engine, d.how);
                 progress = true;
             }
+            // Every survivor is alive and free to build: the survivors' communicator now.
+            if (const auto epoch = channels_.rebuild_wanted(); epoch && watch_.all_ready(*epoch)) {
+                const int members = channels_.start_rebuild();
+                watch_.send_all_alive({wire::control_kind::rebuild_go, -1, *epoch, static_cast<std::uint64_t>(members)});
+                progress = true;
+            }
             for (auto& r : farm_.take_answers()) link_.send(proto::encode(r));
             link_.flush();
             if (progress) {
@@ -140,9 +146,13 @@ public:
             if (channels_.quiet() && !stopping_ && idle.dozing()) {
                 give_back_memory();
                 // Nothing in flight, no reply awaited: sleep until the bridge, an engine's death,
-                // the next heartbeat or a task's timeout (an idle job wakes about once a second).
-                auto until = watch_.next_beat();
+                // a remote engine's silence deadline, the next heartbeat or a task's timeout (an
+                // idle job wakes about once a second).
+                auto until = std::min(watch_.next_beat(), watch_.next_silence());
                 if (auto d = farm_.next_deadline()) until = std::min(until, *d);
+                // The survivors' answers and their build come over MPI, which does not wake ppoll.
+                if (channels_.rebuilding(std::chrono::seconds(10)))
+                    until = std::min(until, std::chrono::steady_clock::now() + std::chrono::milliseconds(5));
                 s = std::max<std::int64_t>(s, std::chrono::duration_cast<std::chrono::nanoseconds>(
                                                   until - std::chrono::steady_clock::now()).count());
             }

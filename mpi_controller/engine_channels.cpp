@@ -23,11 +23,11 @@ engine_channels::engine_channels(const wire::job_comms& comms)
 }
 
 engine_channels::~engine_channels() {
-    // A rebuild that never finishes (survivors died too) must not hold the process: it exits
-    // without MPI_Finalize after a death anyway.
-    if (rebuild_.joinable()) {
-        if (rebuild_done_.load()) rebuild_.join();
-        else rebuild_.detach();
+    // A rebuild that never finishes (a member died during it) must not hold the process: it
+    // exits without MPI_Finalize after a death anyway.
+    if (rebuild_thread_.joinable()) {
+        if (rebuild_->done.load()) rebuild_thread_.join();
+        else rebuild_thread_.detach();
     }
 }
 
@@ -130,9 +130,15 @@ void engine_channels::issue_collective(const request& q, const proto::request_la
 
 bool engine_channels::progress() {
     bool any = false;
-    if (rebuild_done_.load(std::memory_order_acquire)) {
+    if (rebuild_ && rebuild_->done.load(std::memory_order_acquire)) {
         finish_rebuild();
         any = true;
+    } else if (rebuild_ && !stuck_reported_ && std::chrono::steady_clock::now() - rebuild_->began > std::chrono::seconds(10)) {
+        stuck_reported_ = true;
+        spdlog::error("the survivors' communicator of epoch {} is not built after 10 s (an engine died during the "
+                      "build, or one is stuck): requests for every engine go point to point from now on, and "
+                      "pcluster.engine.comm is not rebuilt",
+                      rebuild_->epoch);
     }
     for (auto it = inflight_.begin(); it != inflight_.end();) {
         if (wire::test_all(it->reqs)) {
@@ -261,38 +267,66 @@ engine_channels::death_effects engine_channels::engine_died(int e, const std::ve
     fx.epoch = ++epoch_;
     fx.collectives_issued = collective_sent_;
     collective_whole_ = false;
-    if (!rebuild) return fx;
-    // The survivors' collective communicator: every survivor's watch thread takes part at once,
-    // whatever its main thread is doing; until it exists, requests for all go direct.
-    if (rebuild_.joinable()) rebuild_.join();
-    rebuild_done_.store(false);
-    rebuilt_ranks_ = {0};
-    for (int x = 0; x < n_; ++x)
-        if (alive_[static_cast<std::size_t>(x)]) rebuilt_ranks_.push_back(x + 1);
-    rebuild_ = std::thread([this, epoch = fx.epoch] {
-        MPI_Group wg, g;
-        MPI_Comm_group(rebuild_comm_, &wg);
-        MPI_Group_incl(wg, static_cast<int>(rebuilt_ranks_.size()), rebuilt_ranks_.data(), &g);
-        MPI_Comm c = MPI_COMM_NULL;
-        if (MPI_Comm_create_group(rebuild_comm_, g, 100 + static_cast<int>(epoch), &c) != MPI_SUCCESS)
-            spdlog::error("cannot build the survivors' communicator; requests for all engines stay point to point");
-        MPI_Group_free(&wg);
-        MPI_Group_free(&g);
-        rebuilt_ = c;
-        rebuild_done_.store(true, std::memory_order_release);
-    });
+    // The survivors' collective communicator: built once every survivor answered (see the
+    // handshake in the header); until then, and for good if no build can finish, requests for
+    // every engine go direct. A build under way now includes the dead engine: it is dropped
+    // when it ends, or never ends.
+    rebuild_wanted_ = rebuild;
+    wanted_since_ = std::chrono::steady_clock::now();
     return fx;
 }
 
+std::optional<std::uint64_t> engine_channels::rebuild_wanted() const {
+    if (!rebuild_wanted_ || rebuild_) return std::nullopt;
+    return epoch_;
+}
+
+int engine_channels::start_rebuild() {
+    auto job = std::make_shared<rebuild_job>();
+    job->epoch = epoch_;
+    job->began = std::chrono::steady_clock::now();
+    job->ranks = {0};
+    for (int x = 0; x < n_; ++x)
+        if (alive_[static_cast<std::size_t>(x)]) job->ranks.push_back(x + 1);
+    rebuild_wanted_ = false;
+    rebuild_ = job;
+    rebuild_thread_ = std::thread([job, parent = rebuild_comm_] {
+        MPI_Group wg, g;
+        MPI_Comm_group(parent, &wg);
+        MPI_Group_incl(wg, static_cast<int>(job->ranks.size()), job->ranks.data(), &g);
+        MPI_Comm c = MPI_COMM_NULL;
+        if (MPI_Comm_create_group(parent, g, 100 + static_cast<int>(job->epoch), &c) != MPI_SUCCESS)
+            spdlog::error("cannot build the survivors' communicator; requests for all engines stay point to point");
+        MPI_Group_free(&wg);
+        MPI_Group_free(&g);
+        job->comm = c;
+        job->done.store(true, std::memory_order_release);
+    });
+    return static_cast<int>(job->ranks.size()) - 1;
+}
+
+bool engine_channels::rebuilding(std::chrono::steady_clock::duration within) const {
+    const auto now = std::chrono::steady_clock::now();
+    if (rebuild_) return now - rebuild_->began < within;
+    return rebuild_wanted_ && now - wanted_since_ < within;
+}
+
 void engine_channels::finish_rebuild() {
-    rebuild_.join();
-    rebuild_done_.store(false);
-    if (rebuilt_ == MPI_COMM_NULL) return;
-    collective_ = rebuilt_;  // the old one is never freed: abandoned operations may still use it
+    rebuild_thread_.join();
+    const auto job = std::move(rebuild_);
+    rebuild_.reset();
+    if (job->comm == MPI_COMM_NULL) return;
+    // Built for an epoch that another death ended meanwhile: it contains a dead engine (never
+    // freed: the survivors may still hold it). The newest epoch's handshake goes on.
+    if (job->epoch != epoch_) {
+        spdlog::debug("the communicator of epoch {} came after epoch {} began; not used", job->epoch, epoch_);
+        return;
+    }
+    collective_ = job->comm;  // the old one is never freed: abandoned operations may still use it
     std::fill(rank_of_.begin(), rank_of_.end(), -1);
-    for (std::size_t r = 1; r < rebuilt_ranks_.size(); ++r) rank_of_[static_cast<std::size_t>(rebuilt_ranks_[r] - 1)] = static_cast<int>(r);
+    for (std::size_t r = 1; r < job->ranks.size(); ++r) rank_of_[static_cast<std::size_t>(job->ranks[r] - 1)] = static_cast<int>(r);
     collective_whole_ = true;
-    spdlog::debug("collective requests resume on the {} survivors' communicator", rebuilt_ranks_.size() - 1);
+    spdlog::debug("collective requests resume on the {} survivors' communicator", job->ranks.size() - 1);
 }
 
 std::vector<awaited_reply> engine_channels::epoch_reached(int e, std::uint64_t done, std::uint64_t epoch) {

@@ -8,11 +8,25 @@
 // resume on it. Collective requests that were on their way when the engine died may never reach
 // some survivors (the broadcast tree may run through the dead one): each survivor reports how
 // many it completed (epoch_done), and the rest are answered for it (RequestLost).
+//
+// Hazard: MPI_Comm_create_group never returns if one of its members is dead (Open MPI 4.1 has
+// no way to end it), and after that the process can build no communicator at all (checked: a
+// second create_group, on the same or another parent, waits behind the first forever), while
+// the stuck thread spins in MPI's progress loop. A silent death on another host is noticed only
+// after PCLUSTER_DEAD_AFTER_S, and a node that fails takes several engines at once, so a member
+// being dead already is the common case, not a corner. Hence a handshake: after a death every
+// survivor's watch thread answers rebuild_ready (proof that it is alive and has no build of its
+// own under way), and only once all have answered does the controller send rebuild_go and
+// everyone build. A death noticed meanwhile starts a new epoch and a new round of answers; the
+// old round is dropped. What is left is a death inside the build itself (between the answer and
+// the end of the build, milliseconds): then no communicator is ever built again in this job,
+// and requests for every engine stay direct for good (said in the log and in docs/faults.md).
 #pragma once
 
 #include <mpi.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -57,6 +71,15 @@ public:
     void issue(const request& q);
     // Advances transfers in flight and a rebuild; whether anything completed.
     bool progress();
+    // The epoch whose communicator is wanted once every survivor answered rebuild_ready (none:
+    // the collective communicator is whole, the job is ending, or a build is under way).
+    std::optional<std::uint64_t> rebuild_wanted() const;
+    // Every survivor answered: builds the survivors' communicator on a thread (the survivors
+    // build theirs when told rebuild_go). Returns how many survivors take part.
+    int start_rebuild();
+    // A build is wanted or under way, begun less than `within` ago: the controller's idle sleep
+    // stays short so the handshake and the switch back to collectives are not delayed by it.
+    bool rebuilding(std::chrono::steady_clock::duration within) const;
     bool transferring() const { return !inflight_.empty(); }
     // Nothing in flight and no reply awaited: the controller may sleep until a socket wakes it.
     bool quiet() const;
@@ -81,7 +104,7 @@ public:
         std::uint64_t collectives_issued = 0;
     };
     // No rebuild when `rebuild` is false (the job is ending: survivors may be dying too, and a
-    // rebuild would wait for them).
+    // rebuild would wait for them); else one is wanted (rebuild_wanted).
     death_effects engine_died(int e, const std::vector<bool>& alive, bool rebuild = true);
     // A survivor reached `epoch` having completed `done` collective requests: the ones after
     // that, issued before the epoch began, never reach it; returns them (to be answered).
@@ -104,6 +127,16 @@ private:
     void receive_pieces(int src, const std::vector<std::uint64_t>& lens, reply_landing to, const awaited_reply& a);
     void finish_rebuild();
 
+    // One build of the survivors' communicator. Shared with its thread, which may never end
+    // (see the hazard above): the thread touches nothing else.
+    struct rebuild_job {
+        std::uint64_t epoch = 0;
+        std::vector<int> ranks;  // world ranks: 0 and the survivors'
+        MPI_Comm comm = MPI_COMM_NULL;
+        std::atomic<bool> done{false};
+        std::chrono::steady_clock::time_point began;
+    };
+
     MPI_Comm collective_, direct_, reply_, rebuild_comm_;
     std::shared_ptr<mpi_wire::doorbell> bell_;
     int n_;
@@ -120,10 +153,11 @@ private:
     std::uint64_t epoch_ = 0;
     std::vector<std::uint64_t> epoch_issued_;
     bool collective_whole_ = true;
-    std::thread rebuild_;
-    MPI_Comm rebuilt_ = MPI_COMM_NULL;
-    std::vector<int> rebuilt_ranks_;
-    std::atomic<bool> rebuild_done_{false};
+    bool rebuild_wanted_ = false;  // for epoch_, once the survivors answered
+    std::chrono::steady_clock::time_point wanted_since_;
+    std::shared_ptr<rebuild_job> rebuild_;  // the build under way (or stuck), if any
+    std::thread rebuild_thread_;
+    bool stuck_reported_ = false;
 };
 
 }  // namespace pcluster::controller

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -92,6 +93,14 @@ std::vector<pollfd> engine_watch::pollfds() const {
     return out;
 }
 
+engine_watch::clock::time_point engine_watch::next_silence() const {
+    auto t = clock::time_point::max();
+    for (std::size_t e = 0; e < engines_.size(); ++e)
+        if (alive_[e] && engines_[e].pidfd < 0)
+            t = std::min(t, engines_[e].last_heard + std::chrono::duration_cast<clock::duration>(dead_after_));
+    return t;
+}
+
 void engine_watch::send(int engine, const wire::control_msg& m) {
     if (!alive(engine)) return;
     auto msg = std::make_unique<wire::control_msg>(m);
@@ -116,6 +125,12 @@ void engine_watch::reap_sends() {
         MPI_Test(&it->req, &done, MPI_STATUS_IGNORE);
         it = done ? sends_.erase(it) : std::next(it);
     }
+}
+
+bool engine_watch::all_ready(std::uint64_t epoch) const {
+    for (std::size_t e = 0; e < engines_.size(); ++e)
+        if (alive_[e] && engines_[e].ready_for < epoch) return false;
+    return true;
 }
 
 void engine_watch::last_words(int engine, std::uint64_t how, std::uint64_t code) {
@@ -161,6 +176,8 @@ std::vector<engine_watch::death> engine_watch::poll() {
         if (e < 0 || static_cast<std::size_t>(e) >= engines_.size()) continue;
         engines_[static_cast<std::size_t>(e)].last_heard = now;
         if (m.kind == wire::control_kind::last_words) last_words(e, m.a, m.b);
+        if (m.kind == wire::control_kind::rebuild_ready)
+            engines_[static_cast<std::size_t>(e)].ready_for = std::max(engines_[static_cast<std::size_t>(e)].ready_for, m.a);
     }
     // One syscall for every same-host engine: a pidfd is readable once its process ended.
     auto fds = pollfds();

@@ -47,8 +47,13 @@ public:
     void send_all_alive(const mpi_wire::control_msg& m);
 
     bool alive(int engine) const { return alive_[static_cast<std::size_t>(engine)]; }
+    // Every live engine answered rebuild_ready for `epoch` (see engine_channels.hpp).
+    bool all_ready(std::uint64_t epoch) const;
     // When poll() is next due to send heartbeats.
     clock::time_point next_beat() const { return next_beat_; }
+    // When the first live engine on another host falls silent for dead_after, if none speaks
+    // before: an idle controller must look then, not a heartbeat later (other hosts: <= 5 s).
+    clock::time_point next_silence() const;
     const std::vector<bool>& alive_map() const { return alive_; }
     // Whether a job on this launch survives an engine's death (mpirun --enable-recovery, or srun
     // without --kill-on-bad-exit); without it mpirun ends the whole job moments later.
@@ -59,6 +64,7 @@ private:
         int pidfd = -1;  // -1: another host (or no pidfd): heartbeats decide
         clock::time_point last_heard;
         std::optional<std::pair<std::uint64_t, std::uint64_t>> last_words;  // (how, code)
+        std::uint64_t ready_for = 0;  // the newest epoch it answered rebuild_ready for
     };
     std::string how_it_died(int engine, engine_state& s);
     void reap_sends();

@@ -113,6 +113,11 @@ public:
                 switch_epoch();
                 nogil.emplace();
             }
+            if (collective_ == MPI_COMM_NULL && watch_.built() == epoch_) {
+                nogil.reset();
+                take_communicators();
+                nogil.emplace();
+            }
             poll_both();
             // Each channel's next request runs once every request issued before it on the other
             // channel has run: that replays the controller's issue order. A direct request issued
@@ -139,7 +144,7 @@ public:
                 // Idle for a while: sleep in the kernel until the controller rings (or 1 s).
                 bell_->sleep(id_, std::chrono::milliseconds(1000), [&] {
                     poll_both();
-                    return !runnable() && watch_.epoch() == epoch_;
+                    return !runnable() && watch_.epoch() == epoch_ && !(collective_ == MPI_COMM_NULL && watch_.built() == epoch_);
                 });
             } else {
                 idle.idle();
@@ -210,29 +215,39 @@ private:
 
     // Another engine died: the controller issued `collectives_issued` collective requests on the
     // old communicators; those this engine has not completed never reach it (it tells the
-    // controller which, on the reply channel, after its earlier replies) and the next ones come
-    // on the survivors' communicator. Buffers MPI may still write into are kept for good.
+    // controller which, on the reply channel, after its earlier replies). Direct requests of the
+    // new epoch run from now on; collective ones come once the survivors' communicators are
+    // built (take_communicators), which may be never (engine_channels.hpp). Buffers MPI may
+    // still write into are kept for good.
     void switch_epoch() {
         const std::uint64_t e = watch_.epoch();
         wire::mark_peer_died();  // MPI_Finalize would wait for the dead rank: this process exits without it
-        const auto c = watch_.change(e, std::chrono::seconds(30));
-        if (!c) throw std::runtime_error("the communicators of epoch " + std::to_string(e) + " were not built in time");
+        const auto c = watch_.change(e);
+        if (!c) throw std::runtime_error("epoch " + std::to_string(e) + " was announced without its change");
         graveyard_envelopes_.push_back(std::move(envelope_));  // an abandoned receive may still land there
         envelope_.assign(wire::envelope_layout(n_).size(), 0);
         collective_req_ = MPI_REQUEST_NULL;
         collective_ready_ = false;
+        collective_ = MPI_COMM_NULL;
         const std::uint64_t done = collective_done_;
         collective_done_ = std::max(collective_done_, c->collectives_issued);
-        collective_ = c->collective;
         epoch_ = e;
         wire::control_msg report{wire::control_kind::epoch_done, id_, done, e};
         std::vector<MPI_Request> reqs;
         wire::isend_bytes(&report, sizeof report, 0, wire::tag_control, reply_, reqs);
         wire::wait_all(reqs);
-        kernel_.attr("rebind")(MPI_Comm_c2f(c->engines), c->alive);  // the GIL is held here
-        post_collective();
+        kernel_.attr("rebind")(py::none(), c->alive);  // the GIL is held here
         spdlog::debug("engine {}: epoch {}: {} collective requests done, {} issued before it; {} engines left", id_, e, done,
                       c->collectives_issued, c->alive.size());
+    }
+
+    // The survivors' communicators of the current epoch are built: collective requests resume.
+    void take_communicators() {
+        const auto c = watch_.change(epoch_);
+        collective_ = c->collective;
+        kernel_.attr("rebind")(MPI_Comm_c2f(c->engines), c->alive);  // the GIL is held here
+        post_collective();
+        spdlog::debug("engine {}: epoch {}: communicators of the {} survivors built", id_, epoch_, c->alive.size());
     }
 
     // Every engine takes part in every collective request's broadcast and scatter; only the

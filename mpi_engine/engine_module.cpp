@@ -2,9 +2,11 @@
 // capture, interrupts, last words. Outside an engine (docs, tests of the kernel) every function
 // does nothing.
 #include <pybind11/embed.h>
+#include <pybind11/stl.h>
 
 #include "output_capture.hpp"
 #include "pcluster/mpi/control.hpp"
+#include "pcluster/protocol/config.hpp"
 #include "watch.hpp"
 
 namespace py = pybind11;
@@ -43,6 +45,26 @@ PYBIND11_EMBEDDED_MODULE(_pcluster_engine, m) {
     // the interrupt signal raises KeyboardInterrupt only then, so a late signal cannot hit the
     // next request.
     m.def("take_interrupt", [](std::uint64_t id) { return current_watch && current_watch->take_interrupt(id); });
+    // pcluster.engine.comm after a death: the survivors' communicator of the newest epoch, as
+    // (Fortran handle, engine ids), once built. Bounded: the handshake may wait for a silent
+    // death on another host to be noticed (PCLUSTER_DEAD_AFTER_S) before the build begins.
+    m.def("survivors_comm", []() -> py::object {
+        if (!current_watch) throw std::runtime_error("pcluster.engine.comm exists on engines only");
+        const double dead_after = pcluster::config::number(pcluster::config::knob::dead_after_s);
+        const auto limit = std::chrono::milliseconds(static_cast<long long>(1000 * (dead_after + 10)));
+        std::optional<pcluster::engine::epoch_change> c;
+        {
+            py::gil_scoped_release nogil;  // the user's other Python threads keep running
+            c = current_watch->newest_built(limit);
+        }
+        if (!c)
+            throw std::runtime_error(
+                "pcluster.engine.comm: an engine died and the survivors' communicator was not built within " +
+                std::to_string(limit.count() / 1000) +
+                " s: most likely another engine died while it was being built, and MPI cannot build one after that "
+                "(see docs/faults.md). Requests from the client keep working; restart the job to use comm again.");
+        return py::make_tuple(MPI_Comm_c2f(c->engines), py::cast(c->alive));
+    });
     m.def("interrupt_signal", [] { return pcluster::engine::watch::interrupt_signal(); });
     // The engine is about to exit with `code` (os._exit): tell the controller how it died.
     m.def("last_words", [](int code) {

@@ -98,6 +98,10 @@ watch::~watch() {
         (void)!::write(lw_pipe[1], &wake, sizeof wake);
     }
     thread_.join();
+    if (builder_.joinable()) {
+        if (building_.load()) builder_.detach();  // stuck in MPI for good: the process exits without it
+        else builder_.join();
+    }
     current_watch = nullptr;
     if (controller_pidfd_ >= 0) ::close(controller_pidfd_);
 }
@@ -125,14 +129,18 @@ void watch::last_words(std::uint64_t how, std::uint64_t code, std::chrono::milli
     send_to_controller({wire::control_kind::last_words, id_, how, code});
 }
 
-std::optional<epoch_change> watch::change(std::uint64_t epoch, std::chrono::milliseconds limit) {
+std::optional<epoch_change> watch::change(std::uint64_t epoch) {
+    std::lock_guard lk(mu_);
+    for (const auto& c : changes_)
+        if (c.epoch == epoch) return c;
+    return std::nullopt;
+}
+
+std::optional<epoch_change> watch::newest_built(std::chrono::milliseconds limit) {
     const auto until = clock::now() + limit;
     for (;;) {
-        {
-            std::lock_guard lk(mu_);
-            for (const auto& c : changes_)
-                if (c.epoch == epoch) return c;
-        }
+        const auto e = epoch();
+        if (e != 0 && built() == e) return change(e);
         if (clock::now() > until) return std::nullopt;
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
@@ -148,41 +156,63 @@ void watch::controller_gone(const char* why) {
     ::_exit(70);
 }
 
-void watch::rebuild(std::uint64_t epoch, std::uint64_t issued, int dead) {
-    std::vector<int> world_ranks = {0}, engine_ranks;
+// Another engine died: the main loop switches to the new epoch at once (its communicators come
+// later), and the controller hears that this engine is ready to build them.
+void watch::announce(std::uint64_t epoch, std::uint64_t issued, int dead) {
     {
         std::lock_guard lk(mu_);
         std::erase(alive_, dead);
+        changes_.push_back({epoch, issued, MPI_COMM_NULL, MPI_COMM_NULL, alive_});
+        epoch_.store(epoch, std::memory_order_release);
+    }
+    ready_due_ = epoch;
+    if (bell_) bell_->ring(id_);  // the main loop switches epochs now, not after its next timeout
+}
+
+// Every survivor answered ready: build with them. Collective only over the survivors (the
+// controller's rebuild thread and every survivor's builder): the dead engines are not needed,
+// nor are the survivors' main threads, which may be busy.
+void watch::build(std::uint64_t epoch, std::uint64_t members) {
+    std::vector<int> world_ranks = {0}, engine_ranks;
+    {
+        std::lock_guard lk(mu_);
         for (int e : alive_) {
             world_ranks.push_back(e + 1);
             engine_ranks.push_back(e);
         }
     }
-    epoch_change c;
-    c.epoch = epoch;
-    c.collectives_issued = issued;
-    c.alive = engine_ranks;
-    // Collective only over the survivors (the controller's rebuild and every survivor's watch):
-    // the dead engine is not needed, nor are the survivors' main threads, which may be busy.
-    MPI_Group wg, g, eg, g2;
-    MPI_Comm_group(rebuild_comm_, &wg);
-    MPI_Group_incl(wg, static_cast<int>(world_ranks.size()), world_ranks.data(), &g);
-    const int tag = 100 + static_cast<int>(epoch);
-    const int rc1 = MPI_Comm_create_group(rebuild_comm_, g, tag, &c.collective);
-    MPI_Comm_group(engines_private_, &eg);
-    MPI_Group_incl(eg, static_cast<int>(engine_ranks.size()), engine_ranks.data(), &g2);
-    const int rc2 = MPI_Comm_create_group(engines_private_, g2, tag, &c.engines);
-    MPI_Group_free(&wg), MPI_Group_free(&g), MPI_Group_free(&eg), MPI_Group_free(&g2);
-    if (rc1 != MPI_SUCCESS || rc2 != MPI_SUCCESS) {
-        spdlog::critical("engine {}: cannot rebuild the communicators after engine {} died", id_, dead);
-        ::_exit(72);
+    if (epoch != this->epoch() || building_.load() || engine_ranks.size() != members) {
+        // Cannot happen while the controller keeps the handshake; building anyway could block.
+        spdlog::error("engine {}: told to build epoch {} over {} engines, but it knows epoch {} over {}{}; not building",
+                      id_, epoch, members, this->epoch(), engine_ranks.size(), building_.load() ? " and is building" : "");
+        return;
     }
-    {
-        std::lock_guard lk(mu_);
-        changes_.push_back(std::move(c));
-        epoch_.store(epoch, std::memory_order_release);
-    }
-    if (bell_) bell_->ring(id_);  // the main loop switches epochs now, not after its next timeout
+    if (builder_.joinable()) builder_.join();  // the previous build ended (building_ is false)
+    building_.store(true);
+    builder_ = std::thread([this, epoch, world_ranks, engine_ranks] {
+        MPI_Comm collective = MPI_COMM_NULL, engines = MPI_COMM_NULL;
+        MPI_Group wg, g, eg, g2;
+        MPI_Comm_group(rebuild_comm_, &wg);
+        MPI_Group_incl(wg, static_cast<int>(world_ranks.size()), world_ranks.data(), &g);
+        const int tag = 100 + static_cast<int>(epoch);
+        const int rc1 = MPI_Comm_create_group(rebuild_comm_, g, tag, &collective);
+        MPI_Comm_group(engines_private_, &eg);
+        MPI_Group_incl(eg, static_cast<int>(engine_ranks.size()), engine_ranks.data(), &g2);
+        const int rc2 = MPI_Comm_create_group(engines_private_, g2, tag, &engines);
+        MPI_Group_free(&wg), MPI_Group_free(&g), MPI_Group_free(&eg), MPI_Group_free(&g2);
+        if (rc1 != MPI_SUCCESS || rc2 != MPI_SUCCESS) {
+            spdlog::critical("engine {}: cannot build the communicators of epoch {}", id_, epoch);
+            ::_exit(72);
+        }
+        {
+            std::lock_guard lk(mu_);
+            for (auto& c : changes_)
+                if (c.epoch == epoch) c.collective = collective, c.engines = engines;
+            built_.store(epoch, std::memory_order_release);
+        }
+        building_.store(false);
+        if (bell_) bell_->ring(id_);  // the main loop takes the communicators now
+    });
 }
 
 void watch::handle(const wire::control_msg& m) {
@@ -196,7 +226,10 @@ void watch::handle(const wire::control_msg& m) {
         return;
     }
     case wire::control_kind::engine_died:
-        rebuild(m.b, m.a, m.engine);
+        announce(m.b, m.a, m.engine);
+        return;
+    case wire::control_kind::rebuild_go:
+        build(m.a, m.b);
         return;
     case wire::control_kind::exit_now:
         std::fprintf(stderr,
@@ -218,10 +251,11 @@ void watch::loop() {
     MPI_Request beat_req = MPI_REQUEST_NULL;
     auto last_heard = clock::now();
     auto next_beat = clock::now();
-    const auto tick = std::chrono::milliseconds(100);
     while (!stop_.load()) {
+        // MPI messages do not wake poll(): while the controller's rebuild_go is due, look often.
+        const int tick_ms = clock::now() < fast_until_ && built() < epoch() ? 2 : 100;
         pollfd fds[2] = {{lw_pipe[0], POLLIN, 0}, {controller_pidfd_, POLLIN, 0}};
-        ::poll(fds, controller_pidfd_ >= 0 ? 2 : 1, static_cast<int>(tick.count()));
+        ::poll(fds, controller_pidfd_ >= 0 ? 2 : 1, tick_ms);
         if (stop_.load()) break;
         if (fds[0].revents & POLLIN) {
             int sig = 0;
@@ -243,6 +277,14 @@ void watch::loop() {
             handle(m);
         }
         const auto now = clock::now();
+        // Ready only with no build of ours under way: a stuck one (an engine died during it)
+        // would make the next wait behind it, so the controller never hears ready and keeps
+        // every request direct.
+        if (ready_due_ != 0 && !building_.load()) {
+            send_to_controller({wire::control_kind::rebuild_ready, id_, ready_due_, 0});
+            ready_due_ = 0;
+            fast_until_ = now + std::chrono::seconds(2);
+        }
         if (controller_pidfd_ < 0 && now - last_heard > dead_after_) controller_gone("stopped answering");
         if (now >= next_beat) {
             int done = 1;

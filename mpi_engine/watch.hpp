@@ -4,8 +4,10 @@
 //   - receives control messages (pcluster/mpi/control.hpp): an interrupt for the running
 //     request (a real-time signal to the main thread, whose Python handler raises
 //     KeyboardInterrupt only in that request), news of another engine's death;
-//   - builds the communicators of the new epoch with the other survivors after a death, for the
-//     main loop to switch to between requests;
+//   - after a death: answers the controller's rebuild handshake (engine_channels.hpp says why)
+//     and builds the communicators of the new epoch with the other survivors, on a thread of
+//     its own (a build can block forever if another engine dies during it: this thread must keep
+//     beating), for the main loop to switch to between requests;
 //   - watches the controller: a pidfd when it shares this host, its heartbeats otherwise; when it
 //     is gone the engine exits (nothing would ever ask it to), so no orphan holds the allocation;
 //   - sends the engine's last words (os._exit's code, a fatal signal) so the controller can say
@@ -28,12 +30,13 @@
 
 namespace pcluster::engine {
 
-// What the main loop switches to after a death.
+// What the main loop switches to after a death: at once to the epoch (direct requests of the
+// new epoch run from then on), and to its communicators once they are built.
 struct epoch_change {
     std::uint64_t epoch = 0;
     std::uint64_t collectives_issued = 0;  // on older collective communicators: the rest never come
-    MPI_Comm collective = MPI_COMM_NULL;   // controller and survivors
-    MPI_Comm engines = MPI_COMM_NULL;      // survivors, for user code
+    MPI_Comm collective = MPI_COMM_NULL;   // controller and survivors (null until built)
+    MPI_Comm engines = MPI_COMM_NULL;      // survivors, for user code (null until built)
     std::vector<int> alive;                // engine ids
 };
 
@@ -47,8 +50,12 @@ public:
 
     // The newest epoch announced (0: no death so far). Cheap: an atomic load.
     std::uint64_t epoch() const { return epoch_.load(std::memory_order_acquire); }
-    // The change to `epoch` once its communicators exist; waits for them (bounded by `limit`).
-    std::optional<epoch_change> change(std::uint64_t epoch, std::chrono::milliseconds limit);
+    // The newest epoch whose communicators are built. Cheap too.
+    std::uint64_t built() const { return built_.load(std::memory_order_acquire); }
+    // What is known of `epoch` (announced), with its communicators if built.
+    std::optional<epoch_change> change(std::uint64_t epoch);
+    // The newest epoch's change once its communicators are built, waiting at most `limit`.
+    std::optional<epoch_change> newest_built(std::chrono::milliseconds limit);
 
     // The request the main thread runs (0: none), for "interrupt whatever runs".
     void running(std::uint64_t id) { running_.store(id, std::memory_order_release); }
@@ -67,7 +74,8 @@ public:
 private:
     void loop();
     void handle(const mpi_wire::control_msg& m);
-    void rebuild(std::uint64_t epoch, std::uint64_t issued, int dead);
+    void announce(std::uint64_t epoch, std::uint64_t issued, int dead);
+    void build(std::uint64_t epoch, std::uint64_t members);
     void send_to_controller(const mpi_wire::control_msg& m);
     [[noreturn]] void controller_gone(const char* why);
 
@@ -82,6 +90,11 @@ private:
     const std::chrono::duration<double> beat_every_, dead_after_;
     int controller_pidfd_ = -1;
     std::atomic<std::uint64_t> epoch_{0};
+    std::atomic<std::uint64_t> built_{0};
+    std::uint64_t ready_due_ = 0;  // the epoch to answer rebuild_ready for, once no build runs
+    std::chrono::steady_clock::time_point fast_until_{};  // tick fast while a rebuild_go is due
+    std::atomic<bool> building_{false};
+    std::thread builder_;  // may block forever (see above): detached then
     std::atomic<std::uint64_t> running_{0};
     std::atomic<std::uint64_t> interrupt_target_{0};
     std::atomic<bool> stop_{false};

@@ -117,9 +117,11 @@ def _exit_with_last_words(code):
 
 
 def rebind(comm_handle, alive):
-    """Another engine died: pcluster.engine.comm is now the survivors' communicator."""
+    """Another engine died: pcluster.engine.comm is the survivors' communicator, `comm_handle`,
+    or (None) the one they are building: asking for it waits for it."""
     engine._comm_handle = comm_handle
     engine._comm = None
+    engine._comm_pending = comm_handle is None
     engine.engines = list(alive)
 
 

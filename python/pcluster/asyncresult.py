@@ -198,6 +198,7 @@ class AsyncResult(concurrent.futures.Future):
                 # that lands right after the take cannot lose it.
                 conn.wait_take(self.msg_id, timeout, self)
             if self._taken is not None:
+                self._client._apply_engine_events()  # an EngineDied caught here finds rc.ids current
                 self._settle(self._taken)
                 self._taken = None
                 return True

@@ -1,6 +1,7 @@
 """Client: attaches to a running pcluster job through its connection file."""
 
 import atexit
+import collections
 import concurrent.futures
 import itertools
 import json
@@ -167,6 +168,8 @@ class Client:
         # at once - the controller resolves "every engine" by the deaths the client knew of.
         self._known = (tuple(self._ids), len(self._engines) - len(self._ids))
         self._death_callbacks = []
+        self._events_lock = threading.Lock()
+        self._deaths_to_tell = collections.deque()  # (id, how) for the result thread's callbacks
         self.ctrl_c_interrupts = _core.setting("PCLUSTER_CTRL_C_INTERRUPTS")
         self.block = True
         # What requests print on the engines comes back with their results (ar.stdout, %px).
@@ -202,17 +205,26 @@ class Client:
             callback(i, how)
         return callback
 
-    def _engine_event(self, ev):
-        """An engine's news from the job (a death): ids, views over all engines and the task farm
-        move on without it; callbacks run."""
-        info = ev.engine
-        self._engines[info.id] = info
-        if not info.alive and info.id in self._ids:
-            self._ids = [i for i in self._ids if i != info.id]
-            self._known = (tuple(self._ids), self._known[1] + 1)
+    def _apply_engine_events(self):
+        """Engine news the connection holds (a death): ids, views over all engines and the task
+        farm move on without it. Any thread may apply them - a caller woken by EngineDied
+        applies them before it sees the error, so rc.ids no longer has the engine then (the news
+        arrives before the replies it causes); callbacks run on the result thread."""
+        with self._events_lock:
+            for ev in self._conn.take_events():
+                info = ev.engine
+                self._engines[info.id] = info
+                if not info.alive and info.id in self._ids:
+                    self._ids = [i for i in self._ids if i != info.id]
+                    self._known = (tuple(self._ids), self._known[1] + 1)
+                    self._deaths_to_tell.append((info.id, info.death))
+
+    def _tell_deaths(self):
+        while self._deaths_to_tell:
+            i, how = self._deaths_to_tell.popleft()
             for cb in list(self._death_callbacks):
                 try:
-                    cb(info.id, info.death)
+                    cb(i, how)
                 except Exception as e:  # a callback's bug must not stop the result thread
                     import traceback
 
@@ -400,8 +412,8 @@ class Client:
         conn = self._conn
         while True:
             ids = conn.next_completed(0.5)
-            for ev in conn.take_events():
-                self._engine_event(ev)
+            self._apply_engine_events()
+            self._tell_deaths()
             for msg_id in ids:
                 ar = self._pending.get(msg_id)
                 try:

@@ -149,6 +149,54 @@ def test_two_engines_die_one_after_the_other(job5):
     assert_survivors_serve(rc, [0, 2])
 
 
+def test_two_engines_killed_at_the_same_moment(start_job):
+    """What a failing node does to its engines: both deaths are told, and the survivors rebuild
+    their communicators once, over the right set."""
+    j = start_job(6)
+    with pcluster.Client(str(j.path), timeout=30) as rc:
+        pids = rc[:].apply(pid)
+        waiting = {e: rc[e].apply_async(nap, 30) for e in (1, 3)}
+        time.sleep(0.3)
+        os.kill(pids[1], signal.SIGKILL)
+        os.kill(pids[3], signal.SIGKILL)
+        for e, ar in waiting.items():
+            with pytest.raises(pcluster.EngineDied, match=f"engine {e} .*killed by SIGKILL"):
+                ar.get(10)
+        wait_for(lambda: rc.ids == [0, 2, 4], "both deaths")
+        assert_survivors_serve(rc, [0, 2, 4])
+
+
+def test_a_survivor_that_cannot_answer_holds_no_request_back(start_job):
+    """An engine that stops answering (here SIGSTOP; on another host, one dead but not noticed
+    yet) cannot help build the survivors' communicator: until it is counted out, requests for
+    the others still run (point to point), and once it dies the rebuild goes on without it. The
+    controller used to hang on exactly this: a second death while the first rebuild waited."""
+    j = start_job(6)
+    with pcluster.Client(str(j.path), timeout=30) as rc:
+        pids = rc[:].apply(pid)
+        rc[:].push(dict(kept=5))
+        os.kill(pids[3], signal.SIGSTOP)
+        try:
+            with pytest.raises(pcluster.EngineDied, match="exited with code 1"):
+                rc[1].execute("import os; os._exit(1)")
+            wait_for(lambda: rc.ids == [0, 2, 3, 4], "the first death")
+            others = rc[[0, 2, 4]]
+            assert others.apply(engine_id) == [0, 2, 4]
+            others.push(dict(y=3))
+            assert others.pull("y") == [3, 3, 3]
+            assert others.pull("kept") == [5, 5, 5]
+            stuck = rc[3].apply_async(engine_id)  # queued on the stopped engine
+            t0 = time.monotonic()
+            os.kill(pids[3], signal.SIGKILL)
+        finally:
+            os.kill(pids[3], signal.SIGCONT)
+        with pytest.raises(pcluster.EngineDied, match="engine 3 .*killed by SIGKILL"):
+            stuck.get(10)
+        assert time.monotonic() - t0 < 2
+        wait_for(lambda: rc.ids == [0, 2, 4], "the second death")
+        assert_survivors_serve(rc, [0, 2, 4])
+
+
 def test_engine_dies_in_the_middle_of_a_push_to_all(job5):
     j, rc = job5
     big = np.ones(25 << 20, dtype=np.uint8)  # 25 MiB to every engine

@@ -1,6 +1,7 @@
 // The control channel between the controller and each engine's watch thread (a duplicate of
 // MPI_COMM_WORLD of its own, tag_control): heartbeats both ways, interrupts, news of a death,
-// and an engine's last words. Small fixed-size messages, always sent without waiting (a dead or
+// an engine's last words, and the handshake before the survivors build new communicators after a
+// death (see engine_channels.hpp for why). Small fixed-size messages, always sent without waiting (a dead or
 // busy peer must never block the sender). Pure layout, no MPI.
 //
 // An engine's epoch report (epoch_done) goes on the reply communicator instead, so that it
@@ -23,6 +24,10 @@ enum class control_kind : std::uint32_t {
     epoch_done = 5,   // engine -> controller (reply comm): it skipped to epoch `b` after finishing
                       // `a` collective requests; the others issued before the death never reach it
     exit_now = 6,     // controller -> engine: it was declared dead; it must exit
+    rebuild_ready = 7,  // engine -> controller: alive, and no communicator build of its own under way:
+                        // ready to build epoch `a`'s communicators
+    rebuild_go = 8,     // controller -> engines: every survivor said ready: build epoch `a`'s
+                        // communicators now, over the `b` survivors
 };
 
 enum death_how : std::uint64_t { death_unknown = 0, death_exit = 1, death_signal = 2 };
