@@ -5,10 +5,12 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <pthread.h>
@@ -132,6 +134,14 @@ int main(int argc, char** argv) {
     if (pcluster::mpi_wire::peer_died()) {
         // MPI_Finalize waits for every rank, a dead one included (it can hang): leave without it.
         std::fflush(nullptr);
+        // Under mpirun, after deaths on other hosts its daemons may never report every rank ended
+        // (seen: two SIGKILLed engines on the other host, the third exited after the shutdown,
+        // and mpirun waited forever): the controller, last to finish, asks it to end the job.
+        // The engines answered the shutdown already; a moment for them to exit on their own.
+        if (rank == 0) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(300));
+            if (pcluster::mpi_wire::ask_runtime_to_kill(-1)) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        }
         ::_exit(status);
     }
     MPI_Finalize();

@@ -146,9 +146,9 @@ public:
             if (channels_.quiet() && !stopping_ && idle.dozing()) {
                 give_back_memory();
                 // Nothing in flight, no reply awaited: sleep until the bridge, an engine's death,
-                // a remote engine's silence deadline, the next heartbeat or a task's timeout (an
-                // idle job wakes about once a second).
-                auto until = std::min(watch_.next_beat(), watch_.next_silence());
+                // the next heartbeat, a look at engines on other hosts (engine_watch::next_look)
+                // or a task's timeout (an idle single-host job wakes about once a second).
+                auto until = std::min(watch_.next_beat(), watch_.next_look());
                 if (auto d = farm_.next_deadline()) until = std::min(until, *d);
                 // The survivors' answers and their build come over MPI, which does not wake ppoll.
                 if (channels_.rebuilding(std::chrono::seconds(10)))

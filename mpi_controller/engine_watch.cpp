@@ -93,11 +93,12 @@ std::vector<pollfd> engine_watch::pollfds() const {
     return out;
 }
 
-engine_watch::clock::time_point engine_watch::next_silence() const {
+engine_watch::clock::time_point engine_watch::next_look() const {
     auto t = clock::time_point::max();
     for (std::size_t e = 0; e < engines_.size(); ++e)
         if (alive_[e] && engines_[e].pidfd < 0)
-            t = std::min(t, engines_[e].last_heard + std::chrono::duration_cast<clock::duration>(dead_after_));
+            t = std::min({t, engines_[e].last_heard + std::chrono::duration_cast<clock::duration>(dead_after_),
+                          clock::now() + std::chrono::milliseconds(250)});
     return t;
 }
 
@@ -152,7 +153,7 @@ std::string engine_watch::how_it_died(int engine, engine_state& s) {
     }
     if (s.last_words) return wire::describe_death(s.last_words->first, s.last_words->second, "");
     return s.pidfd >= 0 ? "exited (this kernel does not say how)"
-                        : "stopped answering for " + std::to_string(static_cast<int>(dead_after_.count())) +
+                        : "stopped answering for " + fmt::format("{:g}", dead_after_.count()) +
                               " s (its process or host is gone; how it ended is not known)";
     (void)engine;
 }

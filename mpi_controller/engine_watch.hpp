@@ -51,9 +51,11 @@ public:
     bool all_ready(std::uint64_t epoch) const;
     // When poll() is next due to send heartbeats.
     clock::time_point next_beat() const { return next_beat_; }
-    // When the first live engine on another host falls silent for dead_after, if none speaks
-    // before: an idle controller must look then, not a heartbeat later (other hosts: <= 5 s).
-    clock::time_point next_silence() const;
+    // When an idle controller must look next, at the latest: the first silence deadline of a live
+    // engine on another host, and with such engines every 250 ms anyway - heartbeats are read
+    // (and so dated) only when it looks, and one read a second late makes its engine's death
+    // known a second late (measured: 5.4 s instead of at most 4.75 s).
+    clock::time_point next_look() const;
     const std::vector<bool>& alive_map() const { return alive_; }
     // Whether a job on this launch survives an engine's death (mpirun --enable-recovery, or srun
     // without --kill-on-bad-exit); without it mpirun ends the whole job moments later.

@@ -184,18 +184,20 @@ class Client:
     @property
     def ids(self):
         """Ids of the live engines (engine k is MPI rank k+1; a dead engine leaves this list)."""
+        self._apply_engine_events()  # news that came since the result thread last looked
         return list(self._ids)
 
     @property
     def engines(self):
         """Every engine the job started with: {id: info} with .host, .pid, .alive and, for a dead
         one, .death (how it died)."""
+        self._apply_engine_events()
         return dict(self._engines)
 
     @property
     def dead_engines(self):
         """{id: how it died} for the engines that died."""
-        return {i: e.death for i, e in self._engines.items() if not e.alive}
+        return {i: e.death for i, e in self.engines.items() if not e.alive}
 
     def on_engine_died(self, callback):
         """callback(engine_id, how) runs (on the client's result thread) when an engine dies;

@@ -40,7 +40,7 @@ namespace pcluster::config {
     X(noninteractive, "PCLUSTER_NONINTERACTIVE", flag, "0", 0, 1, "client", "1 turns progress bars off")         \
     X(heartbeat_s, "PCLUSTER_HEARTBEAT_S", number, "1", 0.05, 60, "engines, controller",                          \
       "s between heartbeats of each engine to the controller and back")                                          \
-    X(dead_after_s, "PCLUSTER_DEAD_AFTER_S", number, "4", 0.2, 3600, "engines, controller",                       \
+    X(dead_after_s, "PCLUSTER_DEAD_AFTER_S", number, "4.5", 0.2, 3600, "engines, controller",                       \
       "s of silence after which a peer on another host counts as dead (same host: noticed at once)")            \
     X(interrupt_signal, "PCLUSTER_INTERRUPT_SIGNAL", integer, "2", 0, 8, "engines",                               \
       "which real-time signal (SIGRTMIN + n) interrupts an engine's running code")                              \
