@@ -171,7 +171,9 @@ def test_a_survivor_that_cannot_answer_holds_no_request_back(start_job):
     yet) cannot help build the survivors' communicator: until it is counted out, requests for
     the others still run (point to point), and once it dies the rebuild goes on without it. The
     controller used to hang on exactly this: a second death while the first rebuild waited."""
-    j = start_job(6)
+    # PCLUSTER_DEAD_AFTER_S bounds how long pcluster.engine.comm waits for the survivors' build
+    # (it + 10 s); on one host it decides nothing else (deaths are seen through pidfds).
+    j = start_job(6, env={"PCLUSTER_DEAD_AFTER_S": "0.5"})
     with pcluster.Client(str(j.path), timeout=30) as rc:
         pids = rc[:].apply(pid)
         rc[:].push(dict(kept=5))
@@ -185,6 +187,12 @@ def test_a_survivor_that_cannot_answer_holds_no_request_back(start_job):
             others.push(dict(y=3))
             assert others.pull("y") == [3, 3, 3]
             assert others.pull("kept") == [5, 5, 5]
+            # The survivors' communicator cannot be built while engine 3 neither answers nor is
+            # counted out: code asking for it gets a bounded wait and the reason, not a hang.
+            t_comm = time.monotonic()
+            with pytest.raises(pcluster.RemoteError, match="survivors' communicator was not built within 10 s") as ei:
+                rc[0].apply_sync(comm_sum)
+            assert ei.value.ename == "RuntimeError" and 10 <= time.monotonic() - t_comm < 20
             stuck = rc[3].apply_async(engine_id)  # queued on the stopped engine
             t0 = time.monotonic()
             os.kill(pids[3], signal.SIGKILL)
