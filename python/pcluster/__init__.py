@@ -16,7 +16,8 @@ from .error import (
 from .error import _KIND_CLASSES as _kinds
 from .lbview import LoadBalancedView
 from .mapresult import AsyncMapResult
-from .remotefunction import RemoteFunction, ViewExecutor, remote
+from .references import Reference, require
+from .remotefunction import ParallelFunction, RemoteFunction, ViewExecutor, parallel, remote
 from .serialize import interactive
 from .view import DirectView
 from . import slurm, tunnel  # noqa: F401  (pcluster.slurm.submit(...), ssh tunnels)
@@ -50,7 +51,11 @@ __all__ = [cls.__name__ for cls in _kinds.values()] + [
     "RemoteError",
     "default_connection_file",
     "interactive",
+    "parallel",
+    "ParallelFunction",
+    "Reference",
     "remote",
     "RemoteFunction",
+    "require",
     "ViewExecutor",
 ]

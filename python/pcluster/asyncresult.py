@@ -287,6 +287,12 @@ class AsyncResult(concurrent.futures.Future):
         return sorted({q.engine for q in rep.engines})
 
     @property
+    def msg_ids(self):
+        """[msg_id]: ipyparallel has one id per engine; a pcluster request has one id for all its
+        engines (a map: one per chunk, AsyncMapResult.msg_ids)."""
+        return [self.msg_id]
+
+    @property
     def engine_id(self):
         """The engine(s) it ran on: an id for one engine (a task: once it ran), else a list."""
         return self._targets[0] if self._single else list(self._targets)

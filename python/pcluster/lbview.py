@@ -73,11 +73,15 @@ class LoadBalancedView(ViewCalls):
         return len(self.targets) if self.targets is not None else len(self.client)
 
     # --- flags, as in ipyparallel ---
-    def set_flags(self, **flags):
-        """after=, follow=, retries=, timeout=, targets=, block= for the following calls."""
-        for k, v in flags.items():
+    def _check_flags(self, flags):
+        for k in flags:
             if k not in _FLAGS + ("block",):
                 raise KeyError(f"no flag {k!r}: flags are {', '.join(_FLAGS + ('block',))}")
+
+    def set_flags(self, **flags):
+        """after=, follow=, retries=, timeout=, targets=, block= for the following calls."""
+        self._check_flags(flags)
+        for k, v in flags.items():
             if k == "targets":
                 v = None if v is None else self.client._resolve(v)
             setattr(self, k, v)
@@ -148,6 +152,20 @@ class LoadBalancedView(ViewCalls):
     def _default_chunksize(self, n):
         # A few chunks per engine: load balance without a task per item.
         return max(1, math.ceil(n / (4 * len(self))))
+
+    def _parallel(self, f, seqs, block):
+        """ParallelFunction's call: one task per block (as many blocks as the view's engines)."""
+        from .view import _concat, _partition
+
+        seqs = [s if hasattr(s, "__len__") and hasattr(s, "__getitem__") else list(s) for s in seqs]
+        n = min(len(s) for s in seqs)
+        if n == 0:
+            return []
+        nblocks = min(n, len(self))
+        split = [_partition(s[:n], nblocks) for s in seqs]
+        ar = self.map(f, *split, chunksize=1, block=False)
+        block = self.block if block is None else block
+        return _concat(ar.get()) if block else ar
 
     def map(self, f, *seqs, chunksize=None, ordered=True, return_exceptions=False, block=None, **flags):
         """[f(*xs) for xs in zip(*seqs)] in chunks of `chunksize` items, each chunk a task.

@@ -1,7 +1,7 @@
 """ipyparallel's ways to call through a view without naming the verb: `@view.remote`,
-`pcluster.remote(view)`, `view.executor` / `rc.executor()` (a concurrent.futures.Executor), and
-`view.wait()`.
-Both are thin: every call is the view's own apply or map, with its flags, its errors and its
+`pcluster.remote(view)`, `@view.parallel` / `pcluster.parallel(view)`, `view.executor` /
+`rc.executor()` (a concurrent.futures.Executor), and `view.wait()`.
+All are thin: every call is the view's own apply or map, with its flags, its errors and its
 AsyncResults (which are concurrent.futures.Future objects)."""
 
 import concurrent.futures
@@ -16,8 +16,9 @@ class RemoteFunction:
     load-balanced view) apply to each call."""
 
     def __init__(self, view, f, block=None, **flags):
-        if flags and not hasattr(view, "temp_flags"):
-            raise TypeError(f"{type(view).__name__} takes no flags ({', '.join(flags)}): only a load-balanced view has them")
+        if not callable(f):
+            raise TypeError(f"{type(self).__name__} needs a callable, not {type(f).__name__}")
+        view._check_flags(flags)
         self.view, self.func, self.block, self.flags = view, f, block, flags
         functools.update_wrapper(self, f)
 
@@ -38,6 +39,39 @@ class RemoteFunction:
 
     def __repr__(self):
         return f"<RemoteFunction {getattr(self.func, '__name__', self.func)!r} on {self.view!r}>"
+
+
+class ParallelFunction(RemoteFunction):
+    """ipyparallel's @view.parallel: f works on whole blocks. pf(*seqs) splits the sequences in
+    contiguous blocks (dist='b'), one per engine (fewer when there are fewer items), calls
+    f(*blocks) once on each, and joins the results in order: lists and tuples into one list,
+    numpy arrays with numpy.concatenate, anything else as a list of the per-block results.
+    pf.map(*seqs) is view.map(f, *seqs), element by element. On a load-balanced view each block
+    is a task; not blocking, it returns the map's AsyncMapResult (its get() gives the per-block
+    results, not joined)."""
+
+    def __init__(self, view, f, dist="b", block=None, **flags):
+        if dist != "b":
+            raise ValueError("only dist='b' (contiguous blocks) is supported")
+        super().__init__(view, f, block, **flags)
+
+    def __call__(self, *seqs):
+        if not seqs:
+            raise TypeError(f"{getattr(self.func, '__name__', 'the parallel function')} needs at least one sequence")
+        with self._flags():
+            return self.view._parallel(self.func, seqs, self._blocking())
+
+
+def parallel(view, dist="b", block=None, **flags):
+    """Decorator (ipyparallel's `ipp.parallel(view)`): f called on sequences runs on blocks of
+    them, one per engine (see ParallelFunction)."""
+    if dist != "b":
+        raise ValueError("only dist='b' (contiguous blocks) is supported")
+
+    def decorate(f):
+        return ParallelFunction(view, f, dist, block, **flags)
+
+    return decorate
 
 
 def remote(view, block=None, **flags):
@@ -105,6 +139,11 @@ class ViewCalls:
     def remote(self, block=None, **flags):
         """Decorator: `@view.remote(block=True)` makes f(...) run as view.apply(f, ...)."""
         return remote(self, block, **flags)
+
+    def parallel(self, dist="b", block=None, **flags):
+        """Decorator: `@view.parallel()` makes f(seq) run as f(block) on each engine's block of
+        seq, the results joined (ParallelFunction)."""
+        return parallel(self, dist, block, **flags)
 
     @property
     def executor(self):

@@ -1,6 +1,9 @@
 """DirectView: requests to a fixed set of engines, each with its persistent namespace."""
 
+import builtins
+import contextlib
 import numbers
+import threading
 
 from . import _core, serialize
 from .remotefunction import ViewCalls
@@ -68,6 +71,36 @@ class DirectView(ViewCalls):
 
     def __len__(self):
         return 1 if isinstance(self.targets, numbers.Integral) else len(self.targets)
+
+    # --- flags ---
+    _FLAGS = ("block", "targets")
+
+    def _check_flags(self, flags):
+        unknown = set(flags) - set(self._FLAGS)
+        if unknown:
+            raise KeyError(
+                f"no flag {', '.join(map(repr, sorted(unknown)))} on a DirectView: its flags are block and targets "
+                f"(after, follow, retries and timeout are a load-balanced view's)"
+            )
+
+    def set_flags(self, **flags):
+        """block= and targets= for the following calls."""
+        self._check_flags(flags)
+        if "targets" in flags:
+            t = flags["targets"]
+            self._targets = "all" if t in (None, "all") else t
+        if "block" in flags:
+            self.block = bool(flags["block"])
+
+    @contextlib.contextmanager
+    def temp_flags(self, **flags):
+        """with view.temp_flags(block=False): ... - the flags for the calls inside only."""
+        saved = (self._targets, self.block)
+        self.set_flags(**flags)
+        try:
+            yield self
+        finally:
+            self._targets, self.block = saved
 
     def interrupt(self):
         """Raise KeyboardInterrupt in the code running on this view's engines (see
@@ -151,6 +184,49 @@ class DirectView(ViewCalls):
         msg = _core.execute_request(code=code, silent=bool(silent))
         return self._run(msg, [], "execute", targets, block, keep_ar=True)
 
+    def run(self, filename, targets=None, block=None):
+        """Run the Python file's code in each engine's namespace (the file is read here, on the
+        client): execute(open(filename).read())."""
+        with open(filename, encoding="utf-8") as f:
+            code = f.read()
+        return self.execute(code, targets=targets, block=block)
+
+    @contextlib.contextmanager
+    def sync_imports(self, local=True, quiet=False):
+        """with view.sync_imports(): import numpy - the import statements inside run here (unless
+        local=False) and on every engine of the view. `import a.b`, `import a as b` and
+        `from a import b, c` travel as written; imports that the imported modules do themselves
+        do not."""
+        statements = []
+        real_import = builtins.__import__
+        depth = threading.local()
+        me = threading.get_ident()
+
+        def recording_import(name, globals=None, locals=None, fromlist=(), level=0):
+            outer = getattr(depth, "n", 0) == 0 and threading.get_ident() == me
+            if outer:
+                if level:
+                    raise ImportError("sync_imports cannot send relative imports (`from . import x`) to the engines")
+                statements.append(f"from {name} import {', '.join(fromlist)}" if fromlist else f"import {name}")
+            if not local and outer:
+                # Not imported here: what `import a.b` binds, without loading it.
+                return _Unloaded(name) if not fromlist else _Unloaded(name, fromlist)
+            depth.n = getattr(depth, "n", 0) + 1
+            try:
+                return real_import(name, globals, locals, fromlist, level)
+            finally:
+                depth.n -= 1
+
+        builtins.__import__ = recording_import
+        try:
+            yield
+        finally:
+            builtins.__import__ = real_import
+        if statements:
+            if not quiet:
+                print(f"importing {', '.join(s.split(' import ')[-1] if s.startswith('from') else s[7:] for s in statements)} on engine(s)")
+            self.execute("\n".join(statements), block=True)
+
     # f is positional-only: every keyword argument, whatever its name (f, args, block,
     # targets...), goes to f.
     def apply(self, f, /, *args, **kwargs):
@@ -182,6 +258,20 @@ class DirectView(ViewCalls):
         parts = [serialize.checked_dumps(list(zip(*chunks)), "the mapped sequence") for chunks in zip(*split)]
         return self._run(_core.map_request(), fbufs, "map", None, block, parts=parts, post=_flatten_lists, flat=True)
 
+    def _parallel(self, f, seqs, block):
+        """ParallelFunction's call: f(*blocks) once per engine, the results joined."""
+        ids, _ = self._resolve_targets(None)
+        seqs = [s if hasattr(s, "__len__") and hasattr(s, "__getitem__") else list(s) for s in seqs]
+        n = min(len(s) for s in seqs)
+        if n == 0:
+            return []
+        ids = ids[: min(n, len(ids))]
+        fbufs = serialize.pack_call(f)
+        split = [_partition(s[:n], len(ids)) for s in seqs]
+        parts = [serialize.checked_dumps([tuple(chunks)], "the sequence's block") for chunks in zip(*split)]
+        return self._run(_core.map_request(), fbufs, "parallel", ids, block, parts=parts,
+                         post=lambda rs: _concat(_flatten_lists(rs)), flat=True)
+
     def map_sync(self, f, *seqs):
         return self.map(f, *seqs, block=True)
 
@@ -208,3 +298,38 @@ class DirectView(ViewCalls):
         ids, _ = self._resolve_targets(targets)
         msg = _core.gather_request(key=key)
         return self._run(msg, [], "gather", ids, block, post=_concat)
+
+
+class _Unloaded:
+    """What `import a.b` (or `from a import b`) gives inside sync_imports(local=False): the
+    names are bound so the code runs on, but nothing was imported here. Sent to an engine (a
+    function using the name), it becomes the engine's real module or object."""
+
+    def __init__(self, name, fromlist=()):
+        self.__name__ = name
+        for attr in fromlist:
+            setattr(self, attr, _Unloaded(f"{name}.{attr}"))
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _Unloaded(f"{self.__name__}.{attr}")
+
+    def __reduce__(self):
+        return (_resolve_dotted, (self.__name__,))
+
+    def __repr__(self):
+        return f"<module {self.__name__!r}: imported on the engines only (sync_imports(local=False))>"
+
+
+def _resolve_dotted(name):
+    """The module `name`, or the attribute its last part names of the module before it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if "." not in name:
+            raise
+        head, _, attr = name.rpartition(".")
+        return getattr(_resolve_dotted(head), attr)

@@ -1,5 +1,7 @@
-"""ipyparallel habits that work unchanged (issue 12, requirement 2, first part): negative engine
-indices, broadcast_view, activate, wait_for_engines, executors, @view.remote and ipp.remote.
+"""ipyparallel habits that work unchanged (issue 12, requirement 2, in part): negative engine
+indices, broadcast_view, activate, wait_for_engines, executors, @view.remote and ipp.remote,
+@view.parallel and ipp.parallel, set_flags/temp_flags on a DirectView, Reference, require,
+view.run, view.sync_imports, AsyncResult.msg_ids.
 Written from ipyparallel's documented behaviour; run against a real job."""
 
 import concurrent.futures
@@ -118,8 +120,115 @@ def test_ipp_remote_follows_the_view_block_flag(rc):
 
 
 def test_flags_on_a_direct_view_are_refused_with_the_reason(rc):
-    with pytest.raises(TypeError, match="only a load-balanced view has them"):
+    with pytest.raises(KeyError, match="no flag 'retries' on a DirectView: its flags are block and targets"):
         ipp.remote(rc[:], retries=2)(square)
+    with pytest.raises(KeyError, match="no flag 'after'"):
+        rc[:].set_flags(after=[])
+
+
+def test_direct_view_set_flags_and_temp_flags(rc):
+    dv = rc[:]
+    with dv.temp_flags(block=False, targets=[0, 1]):
+        ar = dv.apply(square, 3)
+        assert isinstance(ar, ipp.AsyncResult) and ar.get(30) == [9, 9]
+    assert dv.block is True and dv.targets == rc.ids  # restored
+    dv.set_flags(targets=1)
+    try:
+        assert dv.apply(square, 2) == 4
+    finally:
+        dv.set_flags(targets="all")
+    assert dv.apply(square, 2) == [4] * NUM_ENGINES
+
+
+def block_sum(xs):
+    return [sum(xs)]
+
+
+def test_parallel_decorator_runs_f_on_each_engines_block(rc):
+    dv = rc[:]
+
+    @dv.parallel(block=True)
+    def doubled(xs):
+        return [2 * x for x in xs]
+
+    assert doubled(range(10)) == [2 * x for x in range(10)]
+    assert isinstance(doubled, ipp.ParallelFunction)
+    # one block per engine: each call of f sees a contiguous block, in engine order
+    n = 3 * NUM_ENGINES
+    assert dv.parallel(block=True)(block_sum)(range(n)) == [sum(range(3 * k, 3 * k + 3)) for k in range(NUM_ENGINES)]
+    # fewer items than engines: only as many blocks as items; none: nothing runs
+    assert doubled([5, 6]) == [10, 12]
+    assert doubled([]) == []
+    # several sequences: f gets a block of each; numpy blocks join into one array
+    import numpy as np
+
+    added = ipp.parallel(dv, block=True)(lambda a, b: a + b)(np.arange(9), np.ones(9))
+    assert isinstance(added, np.ndarray) and added.tolist() == [float(x + 1) for x in range(9)]
+    # element by element: pf.map is view.map
+    assert dv.parallel(block=True)(square).map([1, 2, 3]) == [1, 4, 9]
+    ar = ipp.parallel(dv, block=False)(doubled.__wrapped__)(range(6))
+    assert ar.get(30) == [0, 2, 4, 6, 8, 10]
+    with pytest.raises(ValueError, match="only dist='b'"):
+        dv.parallel(dist="r")
+
+
+def test_parallel_on_a_load_balanced_view(rc):
+    lv = rc.load_balanced_view()
+    pf = lv.parallel(block=True)(lambda xs: [x * x for x in xs])
+    assert pf(range(20)) == [x * x for x in range(20)]
+    ar = lv.parallel()(lambda xs: sum(xs))(range(8))  # not blocking: the per-block results
+    assert sum(ar.get(30)) == sum(range(8))
+
+
+def test_reference_is_the_engines_own_value(rc):
+    dv = rc[:]
+    dv.scatter("ref_part", list(range(8)))
+    parts = dv.apply(lambda p: p, ipp.Reference("ref_part"))
+    assert sum(parts, []) == list(range(8))  # each engine got its own block, nothing sent
+    dv.execute("import types; ref_ns = types.SimpleNamespace(v=3)")
+    assert dv.apply(lambda v: v + 1, ipp.Reference("ref_ns.v")) == [4] * NUM_ENGINES
+    with pytest.raises(ipp.RemoteError, match="Reference\\('no_such_name'\\): name 'no_such_name' is not defined"):
+        rc[0].apply_sync(lambda v: v, ipp.Reference("no_such_name"))
+    with pytest.raises(ValueError, match="names a variable"):
+        ipp.Reference("not a name")
+
+
+def test_require_imports_on_the_engine_without_touching_its_namespace(rc):
+    def helper(x):
+        return x + 100
+
+    @ipp.require("json", "os.path", helper)
+    def uses_them(x):
+        return json.dumps([x]), os.path.basename("/a/b"), helper(x)  # noqa: F821
+
+    assert rc[0].apply_sync(uses_them, 1) == ("[1]", "b", 101)
+    assert rc.load_balanced_view().apply_sync(uses_them, 2) == ("[2]", "b", 102)
+    assert rc[0].apply_sync(lambda: "json" in globals() or "helper" in globals()) is False
+    with pytest.raises(TypeError, match="require takes module names"):
+        ipp.require(42)
+
+
+def test_run_a_file_and_sync_imports(rc, tmp_path, capsys):
+    script = tmp_path / "setup_engines.py"
+    script.write_text("ran_from_file = 6 * 7\n")
+    dv = rc[:]
+    dv.run(str(script))
+    assert dv.pull("ran_from_file") == [42] * NUM_ENGINES
+    with dv.sync_imports():
+        import json  # noqa: F401
+        from os import path as _p  # noqa: F401
+    assert "importing json" in capsys.readouterr().out
+    assert dv.apply(lambda: (json.dumps(1), path.sep)) == [("1", "/")] * NUM_ENGINES  # noqa: F821
+    with dv.sync_imports(local=False, quiet=True):
+        import colorsys
+    assert "imported on the engines only" in repr(colorsys)  # not imported here
+    assert dv.apply(lambda: "colorsys" in __import__("__main__").__dict__) == [True] * NUM_ENGINES
+    assert dv.apply(lambda: colorsys.__name__) == ["colorsys"] * NUM_ENGINES  # the engine's module
+
+
+def test_async_result_msg_ids(rc):
+    ar = rc[:].apply_async(square, 2)
+    assert ar.msg_ids == [ar.msg_id] and ar.get(30) == [4] * NUM_ENGINES
 
 
 def test_view_wait(rc):
