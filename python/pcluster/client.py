@@ -396,6 +396,10 @@ class Client:
 
         return LoadBalancedView(self, targets)
 
+    def clear(self, targets=None, block=True):
+        """Empty the namespaces of the engines `targets` (all by default): DirectView.clear."""
+        return self[:].clear(targets=targets, block=block)
+
     def abort(self, jobs=None):
         """Abort queued load-balanced tasks (AsyncResults or ids; default: every outstanding one);
         returns how many were dropped before they ran."""

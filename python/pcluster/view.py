@@ -184,6 +184,11 @@ class DirectView(ViewCalls):
         msg = _core.execute_request(code=code, silent=bool(silent))
         return self._run(msg, [], "execute", targets, block, keep_ar=True)
 
+    def clear(self, targets=None, block=None):
+        """Empty each engine's namespace: every name the user's code, pushes and scatters made
+        there goes (dunder names stay, as does what engines import for themselves)."""
+        return self._run(_core.apply_request(), serialize.pack_call(_clear_namespace), "clear", targets, block)
+
     def run(self, filename, targets=None, block=None):
         """Run the Python file's code in each engine's namespace (the file is read here, on the
         client): execute(open(filename).read())."""
@@ -298,6 +303,14 @@ class DirectView(ViewCalls):
         ids, _ = self._resolve_targets(targets)
         msg = _core.gather_request(key=key)
         return self._run(msg, [], "gather", ids, block, post=_concat)
+
+
+def _clear_namespace():
+    import __main__
+
+    ns = __main__.__dict__
+    for name in [n for n in ns if not n.startswith("__")]:
+        del ns[name]
 
 
 class _Unloaded:

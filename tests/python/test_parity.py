@@ -245,3 +245,18 @@ def test_load_balanced_view_wait(rc):
     ars = [lv.apply_async(square, i) for i in range(8)]
     assert lv.wait(ars, timeout=30) is True
     assert [a.get() for a in ars] == [i * i for i in range(8)]
+
+
+def test_clear_empties_the_engines_namespaces(rc):
+    dv = rc[:]
+    dv.push(dict(clear_a=1, clear_b=[2]))
+    dv.execute("import math; clear_c = math.pi")
+    rc.clear(targets=[0, 1])
+    left = dv.apply(lambda: sorted(n for n in __import__("__main__").__dict__ if n.startswith("clear_")))
+    assert left[:2] == [[], []] and left[2:] == [["clear_a", "clear_b", "clear_c"]] * (NUM_ENGINES - 2)
+    with pytest.raises(ipp.RemoteError, match="NameError"):
+        rc[0].pull("clear_a")
+    dv.clear()
+    assert dv.apply(lambda: [n for n in __import__("__main__").__dict__ if not n.startswith("__")]) == [[]] * NUM_ENGINES
+    dv.push(dict(after_clear=3))  # the engines serve on
+    assert dv.pull("after_clear") == [3] * NUM_ENGINES
