@@ -22,6 +22,7 @@ from . import _core, serialize
 from .remotefunction import ViewCalls
 from .asyncresult import AsyncResult
 from .mapresult import AsyncMapResult
+from .view import _blocks, _concat, _indexable
 
 _CALL, _MAP_CHUNK = _core.task_kind.call, _core.task_kind.map_chunk
 _PLAIN_TASK = {k: _core.task_request(kind=k) for k in (_CALL, _MAP_CHUNK)}
@@ -155,14 +156,9 @@ class LoadBalancedView(ViewCalls):
 
     def _parallel(self, f, seqs, block):
         """ParallelFunction's call: one task per block (as many blocks as the view's engines)."""
-        from .view import _concat, _partition
-
-        seqs = [s if hasattr(s, "__len__") and hasattr(s, "__getitem__") else list(s) for s in seqs]
-        n = min(len(s) for s in seqs)
-        if n == 0:
+        split = _blocks(seqs, len(self))
+        if not split[0]:
             return []
-        nblocks = min(n, len(self))
-        split = [_partition(s[:n], nblocks) for s in seqs]
         ar = self.map(f, *split, chunksize=1, block=False)
         block = self.block if block is None else block
         return _concat(ar.get()) if block else ar
@@ -182,7 +178,7 @@ class LoadBalancedView(ViewCalls):
                 f"map got unknown keyword(s) {', '.join(sorted(unknown))}: it takes chunksize, ordered, "
                 f"return_exceptions, block, after, follow, retries, timeout"
             )
-        seqs = [s if hasattr(s, "__len__") and hasattr(s, "__getitem__") else list(s) for s in seqs]
+        seqs = [_indexable(s) for s in seqs]
         n = min(len(s) for s in seqs)
         cs = self._default_chunksize(n) if chunksize is None else chunksize
         if not isinstance(cs, numbers.Integral) or cs < 1:

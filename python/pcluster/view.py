@@ -9,12 +9,25 @@ from . import _core, serialize
 from .remotefunction import ViewCalls
 
 
+def _indexable(seq):
+    """seq itself when it can be sliced (numpy arrays, lists, ranges: no copy), else listed."""
+    return seq if hasattr(seq, "__len__") and hasattr(seq, "__getitem__") else list(seq)
+
+
+def _blocks(seqs, nparts):
+    """The sequences cut to the shortest one's length and split in contiguous blocks, at most
+    nparts and never more than there are items (ParallelFunction): one list of blocks per
+    sequence; [] for each when they are empty."""
+    seqs = [_indexable(s) for s in seqs]
+    n = min(len(s) for s in seqs)
+    return [_partition(s[:n], min(n, nparts)) if n else [] for s in seqs]
+
+
 def _partition(seq, nparts):
     """Split seq into nparts contiguous blocks whose lengths differ by at most one (the first
     ones longer), as ipyparallel's dist='b'. numpy arrays and sequences are sliced (views, no
     copy); other iterables are listed first."""
-    if not hasattr(seq, "__len__") or not hasattr(seq, "__getitem__"):
-        seq = list(seq)
+    seq = _indexable(seq)
     n = len(seq)
     q, r = divmod(n, nparts)
     parts, lo = [], 0
@@ -266,13 +279,11 @@ class DirectView(ViewCalls):
     def _parallel(self, f, seqs, block):
         """ParallelFunction's call: f(*blocks) once per engine, the results joined."""
         ids, _ = self._resolve_targets(None)
-        seqs = [s if hasattr(s, "__len__") and hasattr(s, "__getitem__") else list(s) for s in seqs]
-        n = min(len(s) for s in seqs)
-        if n == 0:
+        split = _blocks(seqs, len(ids))
+        if not split[0]:
             return []
-        ids = ids[: min(n, len(ids))]
+        ids = ids[: len(split[0])]
         fbufs = serialize.pack_call(f)
-        split = [_partition(s[:n], len(ids)) for s in seqs]
         parts = [serialize.checked_dumps([tuple(chunks)], "the sequence's block") for chunks in zip(*split)]
         return self._run(_core.map_request(), fbufs, "parallel", ids, block, parts=parts,
                          post=lambda rs: _concat(_flatten_lists(rs)), flat=True)
