@@ -355,6 +355,9 @@ void bridge::forward(client& c, proto::received_frame f) {
         if (ref.keep) c.shm_paths.insert(ref.path);
     } else if (proto::is_request(v.type())) {
         id = proto::decode_route(v).id;  // also checks the whole meta is well formed
+        if (proto::is(v, proto::message_type::control_request) &&
+            proto::bridge_only(proto::decode<proto::control_request>(v).action))
+            throw proto::frame_error("that control action is the bridge's own; a client may not send it");
     } else {
         throw proto::frame_error(std::string("a client may not send ") + proto::type_name(v.type()));
     }
@@ -375,9 +378,20 @@ void bridge::answered(client& c, std::uint64_t id) {
 }
 
 // Over a budget the bridge stops reading the client's requests; under again (replies queued
-// down to half their budget), it reads on.
+// down to half their budget), it reads on. Over the reply budget the controller is also told to
+// send none of the client's requests to engines (hold_client) until it has read down to half:
+// requests already forwarded would otherwise go on producing replies here, unbounded.
 void bridge::check_budget(client& c) {
     const std::uint64_t queued = c.writer.queued_bytes();
+    if (c.held != (c.held ? queued >= lim_.reply_buffer_bytes / 2 : queued >= lim_.reply_buffer_bytes)) {
+        c.held = !c.held;
+        proto::control_request tell;
+        tell.r.id = proto::request_id(c.no, 0);
+        tell.action = c.held ? proto::control_action::hold_client : proto::control_action::release_client;
+        ctl_writer_.push(proto::encode(tell));
+        flush_controller();
+        spdlog::debug("client {} {}: {} bytes of replies unread", c.no, c.held ? "held" : "released", queued);
+    }
     if (!c.paused) {
         if (c.inflight_bytes < lim_.inflight_bytes && c.inflight.size() < lim_.max_unanswered &&
             queued < lim_.reply_buffer_bytes)
@@ -497,7 +511,7 @@ int bridge::route_reply(proto::received_frame f) {
     if (!shm_path.empty()) c.lent_paths.insert(shm_path);
     if (!proto::is(v, proto::message_type::output)) answered(c, id);
     c.writer.push_raw(std::move(f.bytes));
-    if (!c.paused && c.writer.queued_bytes() >= lim_.reply_buffer_bytes) check_budget(c);
+    if ((!c.paused || !c.held) && c.writer.queued_bytes() >= lim_.reply_buffer_bytes) check_budget(c);
     return c.fd;
 }
 
@@ -516,7 +530,7 @@ void bridge::flush_client(client& c) {
     } catch (const std::exception& e) {
         return drop(c, e.what());
     }
-    if (c.paused) check_budget(c);  // replies drained: it may read on
+    if (c.paused || c.held) check_budget(c);  // replies drained: it may read on, be sent
     set_events(c);
 }
 

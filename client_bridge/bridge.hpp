@@ -10,8 +10,9 @@
 //   - after login each client has budgets: request bytes forwarded and not yet answered at all
 //     (inflight_bytes), how many such requests (max_unanswered) and replies queued that it has
 //     not read (reply_buffer_bytes); over any, the bridge stops reading its requests (they wait
-//     in its socket) until it is under again. What requests already forwarded produce still
-//     comes (a request cannot be taken back): the bound is the budget plus those replies;
+//     in its socket) until it is under again. Over the reply budget the controller also holds
+//     the requests it has not yet sent to engines (mpi_controller/admission.hpp): what can still
+//     come is the replies of those already sent, at most PCLUSTER_CLIENT_WINDOW per engine;
 //   - a frame that cannot be taken fails the one request it belongs to (a refusal, or ReplyLost
 //     for a reply), never the client's connection or the controller's; a frame that carries no
 //     request id of the client's own, or breaks the framing, closes that client only;
@@ -56,6 +57,7 @@ struct client {
     // A wrong key: the refusal goes out at this time (later for each failure from the address).
     std::optional<std::multimap<steady::time_point, int>::iterator> refusing;
     bool paused = false;      // over a budget: its requests wait in its socket
+    bool held = false;        // over the reply budget: the controller sends none of its requests
     std::uint32_t events = 0;  // the epoll mask it is registered with
     std::string peer;          // host:port
     std::string addr;          // host

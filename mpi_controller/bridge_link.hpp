@@ -21,6 +21,8 @@ public:
     bool open() const { return fd_ >= 0; }
     int fd() const { return fd_; }
     bool has_output() const { return !writer_.empty(); }
+    // Replies queued for the bridge and not yet written to its socket.
+    std::uint64_t queued_bytes() const { return writer_.queued_bytes(); }
 
     // Reads the frames that are there and hands each to on_frame; whether any came. When the
     // bridge closes its end or fails, the link closes and gone(reason) is called.

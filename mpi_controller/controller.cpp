@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <unordered_map>
 #include <optional>
 #include <system_error>
 
@@ -18,6 +19,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include "admission.hpp"
 #include "bridge_link.hpp"
 #include "bridge_process.hpp"
 #include "engine_channels.hpp"
@@ -70,6 +72,7 @@ public:
     controller(const wire::job_comms& comms, std::vector<proto::engine_info> engines, const std::optional<started_bridge>& bridge)
         : n_(comms.n_engines()), engines_(std::move(engines)), link_(bridge ? bridge->fd : -1), channels_(comms),
           watch_(comms, engines_), farm_(n_, static_cast<int>(config::integer(config::knob::task_prefetch))),
+          gate_(n_, static_cast<int>(config::integer(config::knob::client_window))),
           reply_pool_("s" + std::to_string(getpid()), {8, std::uint64_t{4} << 30}) {
         link_.gone = [this, bridge](const std::string& why) {
             // Nobody can reach the job any more: end it (bounded, see escalate_shutdown), and
@@ -113,7 +116,7 @@ public:
             if (stopping_ && !escalate_shutdown()) return false;
             progress |= link_.read([this](proto::received_frame f) { accept(std::move(f)); });
             progress |= farm_.expire();
-            progress |= dispatch_tasks();  // after read: what arrived first was issued first
+            progress |= !link_behind() && dispatch_tasks();  // after read: what arrived first was issued first
             progress |= channels_.progress();
             progress |= receive();
             if (auto deaths = watch_.poll(); !deaths.empty()) {
@@ -121,6 +124,7 @@ public:
                 for (const auto& d : deaths) engine_died(d.engine, d.how);
                 progress = true;
             }
+            progress |= issue_admitted();  // replies and releases made room
             // Every survivor is alive and free to build: the survivors' communicator now.
             if (const auto epoch = channels_.rebuild_wanted(); epoch && watch_.all_ready(*epoch)) {
                 const int members = channels_.start_rebuild();
@@ -165,6 +169,7 @@ public:
         link_.finish(end_reason_);
         reply_pool_.clear();
         lent_.clear();  // clients map theirs; the bridge removes what is left at the end
+        lent_bytes_.clear();
         return true;
     }
 
@@ -197,8 +202,23 @@ private:
         return "engine " + std::to_string(e) + " (" + i.host + ", pid " + std::to_string(i.pid) + ")";
     }
 
+    // Engine a.engine's reply to a client's request is in, or answered for: room in that
+    // client's window (admission.hpp).
+    void settled(const awaited_reply& a) {
+        if (!a.internal && !a.task && !a.shutdown) gate_.answered(a.id, a.engine);
+    }
+
+    // Requests that waited for room in their client's window, or for its release.
+    bool issue_admitted() {
+        if (stopping_ || !gate_.waiting()) return false;
+        auto ready = gate_.take_ready(watch_.alive_map());
+        for (const auto& q : ready) channels_.issue(q);
+        return !ready.empty();
+    }
+
     // An error reply in place of engine a.engine's, for a request that will never get one.
     void answer_for(const awaited_reply& a, proto::error_kind kind, const std::string& why) {
+        settled(a);
         if (a.internal || a.task) return;  // the task farm answers for tasks
         link_.send(proto::encode(proto::error_reply(a.id, proto::reply_origin::controller, a.engine, kind, why)));
     }
@@ -222,6 +242,11 @@ private:
         const auto fx = channels_.engine_died(e, watch_.alive_map(), !stopping_);
         const std::string why = who(e) + " " + how + " while this request waited on it";
         for (const auto& a : fx.lost) answer_for(a, proto::error_kind::engine_died, why);
+        // Requests still waiting here for their client's window: answered for e now, sent to
+        // their other targets later.
+        for (auto id : gate_.engine_died(e))
+            link_.send(proto::encode(proto::error_reply(id, proto::reply_origin::controller, e, proto::error_kind::engine_died,
+                                                        who(e) + " " + how + " before this request was sent")));
         watch_.send_all_alive({wire::control_kind::engine_died, e, fx.collectives_issued, fx.epoch});
         farm_.engine_died(e, how);
         if (!watch_.recovery() && !ended_by_death_) {
@@ -279,6 +304,10 @@ private:
         if (q.type == static_cast<std::uint16_t>(proto::message_type::control_request)) {
             const auto req = proto::decode<proto::control_request>(q.frame.view());
             if (req.action == proto::control_action::interrupt) return interrupt(req);
+            const auto client = proto::client_of(req.r.id);
+            if (req.action == proto::control_action::hold_client) gate_.hold(client);
+            if (req.action == proto::control_action::release_client) gate_.release(client);
+            if (req.action == proto::control_action::forget_client) gate_.forget(client);
             if (auto rep = farm_.control(req)) link_.send(proto::encode(*rep));
             return;
         }
@@ -294,16 +323,23 @@ private:
             return;
         }
         if (q.shutdown()) {
+            // Never waits behind the client's window: it must end engines that run on.
             end_reason_ = "a client shut the job down (rc.shutdown())";
             begin_stopping();
+            channels_.issue(q);
+            return;
         }
-        channels_.issue(q);
+        if (auto now = gate_.offer(std::move(q), watch_.alive_map())) channels_.issue(*now);
     }
 
     void begin_stopping() {
         stopping_ = true;
         stopping_since_ = std::chrono::steady_clock::now();
         farm_.abort_all("the job is shutting down");
+        for (auto id : gate_.take_all())
+            link_.send(proto::encode(proto::error_reply(id, proto::reply_origin::refused, proto::no_engine,
+                                                        proto::error_kind::job_shutting_down,
+                                                        "the job is shutting down; this request was not sent to the engines")));
     }
 
     // A shutdown must end within a bound even while engines run code that does not end: after
@@ -372,6 +408,20 @@ private:
         link_.send(proto::encode(rep));
     }
 
+    // The bridge takes replies more slowly than the engines make them (it is short of CPU, or
+    // replies are large): they queue here on their way. Meanwhile no request or task goes out,
+    // of any client: the bridge can only hold a client that does not read (admission.hpp) over
+    // replies it has taken, so what waits here must stay small (measured: 600 tasks of 1 MB
+    // replies sent at once grew the bridge to 34-78 MiB against a 16 MiB budget without this).
+    bool link_behind() {
+        const auto queued = link_.queued_bytes();
+        if (link_behind_ ? queued < link_high_ / 2 : queued >= link_high_) {
+            link_behind_ = !link_behind_;
+            gate_.hold_all(link_behind_);
+        }
+        return link_behind_;
+    }
+
     bool dispatch_tasks() {
         if (stopping_) return false;
         auto ready = farm_.dispatch();
@@ -382,18 +432,29 @@ private:
     // Where a reply of `len` bytes goes: into shared memory when the client shares our host and
     // the reply is large (the client maps it: no socket copies), else into memory and on to the
     // bridge. Internal requests' replies are dropped; a task's reply passes the farm first.
+    //
+    // A client holds a lent segment until it returns it: while it reads and keeps results, or
+    // while it reads nothing at all (its references then sit in socket buffers, where a few MB
+    // name gigabytes of /dev/shm: 300 replies of 2 MB measured 600 MiB lent). So a client may
+    // hold at most PCLUSTER_CLIENT_SHM_MIB lent (one reply more when it holds none); beyond,
+    // replies go through the bridge, where its reply budget holds it (admission.hpp).
     reply_landing land(std::uint64_t len, const awaited_reply& a) {
-        if (a.by_shm && !a.internal && len >= proto::shm_threshold) {
+        settled(a);
+        const auto client = proto::client_of(a.id);
+        const auto lent = lent_bytes_.find(client);
+        const bool room = lent == lent_bytes_.end() || lent->second + len <= shm_lend_cap_;
+        if (a.by_shm && !a.internal && len >= proto::shm_threshold && room) {
             try {
                 auto seg = std::make_shared<proto::shm_out>(reply_pool_.get(len));
-                return {seg->map->data(), [this, seg, a, len] {
+                return {seg->map->data(), [this, seg, a, len, client] {
                             if (a.task && !farm_.on_reply(a.id, a.engine, proto::frame_view(seg->map->data(), len))) {
                                 reply_pool_.put(std::move(*seg));  // a retried task's reply: reuse
                                 return;
                             }
                             // Lent to the client until it hands it back (shm_return). We keep our
                             // mapping: the pages are shared, and taking it back costs nothing.
-                            lent_.emplace(seg->path, *seg);
+                            lent_bytes_[client] += seg->map->size();
+                            lent_.emplace(seg->path, lent_segment{*seg, client});
                             link_.send(proto::encode(proto::shm_frame{a.id, seg->path, len, true}));
                         }};
             } catch (const std::system_error& e) {
@@ -414,7 +475,10 @@ private:
         for (const auto& path : ret.paths) {
             auto it = lent_.find(path);
             if (it == lent_.end()) continue;
-            if (ret.reuse) reply_pool_.put(std::move(it->second));
+            auto held = lent_bytes_.find(it->second.client);
+            held->second -= it->second.seg.map->size();
+            if (!held->second) lent_bytes_.erase(held);
+            if (ret.reuse) reply_pool_.put(std::move(it->second.seg));
             else ::unlink(path.c_str());  // our mapping goes with the entry; the client keeps its own
             lent_.erase(it);
         }
@@ -427,8 +491,17 @@ private:
     engine_channels channels_;
     engine_watch watch_;
     task_farm farm_;
+    admission gate_;  // direct and collective requests: each client's window and hold
+    static constexpr std::uint64_t link_high_ = std::uint64_t{8} << 20;  // see link_behind
+    bool link_behind_ = false;
     proto::shm_pool reply_pool_;                  // reply segments ready for reuse
-    std::map<std::string, proto::shm_out> lent_;  // reply segments a client holds
+    struct lent_segment {
+        proto::shm_out seg;
+        std::uint32_t client;
+    };
+    std::map<std::string, lent_segment> lent_;                  // reply segments a client holds
+    std::unordered_map<std::uint32_t, std::uint64_t> lent_bytes_;  // per client: their sizes
+    std::uint64_t shm_lend_cap_ = static_cast<std::uint64_t>(config::integer(config::knob::client_shm_mib)) << 20;
     std::string end_reason_ = "the job ended";
     bool ended_by_death_ = false;  // without recovery: an engine's death is why the job ends
     bool stopping_ = false;

@@ -6,6 +6,7 @@
 #include <set>
 #include <stdexcept>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 namespace pcluster::controller {
@@ -32,6 +33,7 @@ struct task_record {
     std::vector<int> failed_on;   // engines that replied with an error, or died holding it
     std::vector<int> queued_on;   // ready, restricted: the engine queues holding it
     bool in_open = false;         // ready, unrestricted: in the open queue
+    bool held = false;            // ready, but its client is held: in no queue until released
     int engine = -1;              // sent: where
     std::vector<waiter> waiters;  // dependents, told when this one settles
     std::optional<deadline_map::iterator> deadline;
@@ -114,6 +116,7 @@ struct scheduler::impl {
     std::unordered_map<task_id, record> tasks;  // live: waiting, ready or sent
     std::map<std::uint64_t, task_id> open;     // seq -> ready unrestricted task
     detail::deadline_map deadlines;            // waiting tasks with a timeout
+    std::unordered_set<std::uint32_t> held;    // clients whose ready tasks are not dispatched
     std::unordered_map<task_id, detail::finished_record> finished;
     std::deque<task_id> finished_order;  // oldest first, for forgetting
     std::vector<detail::settled> to_notify;
@@ -167,6 +170,13 @@ struct scheduler::impl {
     // set it may still run on. False (and nothing queued) if there is no such engine.
     bool enqueue(record& r) {
         r.state = task_state::ready;
+        if (held.contains(r.spec.client)) {
+            // Out of every queue until release_client(); whether it can still run is judged now.
+            r.held = true;
+            if (!r.restricted()) return may_run_somewhere(r);
+            return r.pin ? may_run_on(r, *r.pin)
+                         : std::any_of(r.spec.engines.begin(), r.spec.engines.end(), [&](int e) { return may_run_on(r, e); });
+        }
         if (!r.restricted()) {
             if (!may_run_somewhere(r)) return false;
             open.emplace(r.seq, r.spec.id);
@@ -185,6 +195,7 @@ struct scheduler::impl {
 
     // Takes a task out of the ready queues and the deadlines, whatever its state.
     void unqueue(record& r) {
+        r.held = false;
         if (r.in_open) open.erase(r.seq), r.in_open = false;
         for (int e : r.queued_on) {
             eng(e).queue.erase(r.seq);
@@ -563,6 +574,29 @@ abort_report scheduler::abort(const std::vector<task_id>& ids) {
 
 abort_report scheduler::abort_client(std::uint32_t client) {
     return abort(impl_->live_ids([&](const impl::record& r) { return r.spec.client == client; }));
+}
+
+void scheduler::hold_client(std::uint32_t client) {
+    auto& m = *impl_;
+    if (!m.held.insert(client).second) return;
+    for (auto& [id, r] : m.tasks)
+        if (r.spec.client == client && r.state == task_state::ready) {
+            m.unqueue(r);
+            r.held = true;
+        }
+}
+
+std::vector<outcome> scheduler::release_client(std::uint32_t client) {
+    auto& m = *impl_;
+    std::vector<outcome> out;
+    if (!m.held.erase(client)) return out;
+    for (auto id : m.live_ids([&](const impl::record& r) { return r.held && r.spec.client == client; })) {
+        auto& r = m.tasks.at(id);
+        r.held = false;
+        m.make_ready(r, out);
+    }
+    m.drain(out);
+    return out;
 }
 
 queue_status scheduler::status() const {

@@ -150,6 +150,13 @@ public:
     abort_report abort(const std::vector<task_id>& ids);
     abort_report abort_client(std::uint32_t client);
 
+    // The client does not read its replies (the bridge holds them over its budget): its ready
+    // tasks are sent nowhere until release_client(), which queues them again in their order and
+    // returns those no live engine may run any more (ImpossibleDependency) and their dependents.
+    // Tasks already sent run on. O(live tasks) each; the bridge calls them at budget crossings.
+    void hold_client(std::uint32_t client);
+    std::vector<outcome> release_client(std::uint32_t client);
+
     queue_status status() const;
     // The engine task `id` was sent to, if it is there now (running or prefetched).
     std::optional<int> engine_of(task_id id) const;

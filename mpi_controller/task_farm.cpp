@@ -155,8 +155,17 @@ std::optional<proto::control_reply> task_farm::control(const proto::control_requ
     }
     case proto::control_action::forget_client:
         for (const auto& o : sched_.abort_client(client).dropped) answer(o);
+        sched_.release_client(client);  // nothing of it is left to queue
         clients_.erase(client);
         return std::nullopt;  // the client is gone: nobody to answer
+    case proto::control_action::hold_client:
+        sched_.hold_client(client);
+        return std::nullopt;
+    case proto::control_action::release_client:
+        for (const auto& o : sched_.release_client(client)) answer(o);
+        return std::nullopt;
+    case proto::control_action::interrupt:
+        break;  // the controller's own (controller::interrupt)
     }
     rep.ok = false;
     rep.message = "unknown control action";

@@ -31,7 +31,8 @@ public:
     // A task's reply came from `engine`: whether to forward it to the client (done, or failed
     // for good) or drop it (it will be tried again elsewhere).
     bool on_reply(std::uint64_t id, int engine, const protocol::frame_view& reply);
-    // abort / queue_status / forget_client; nullopt when nobody is to be answered.
+    // abort / queue_status / forget_client / hold_client / release_client; nullopt when nobody
+    // is to be answered.
     std::optional<protocol::control_reply> control(const protocol::control_request& req);
     // Drops every queued task (the job is ending): each fails with TaskAborted, saying `why`.
     void abort_all(const std::string& why);

@@ -240,41 +240,136 @@ def test_absurd_counts_in_every_message_fail_one_request(start_job, local_only):
 
 
 # --------------------------------------------------------------------------- 3. budgets per client
+T_TASK = 18
+
+
 @pytest.mark.sanitizer_unfit("bounds on resident memory: the sanitizer's shadow memory and quarantine are what they would measure")
-def test_a_client_that_stops_reading_is_paused(start_job, local_only):
+@pytest.mark.parametrize("kind", ["execute", "task"])
+@pytest.mark.parametrize("gap", [0.005, 0], ids=["paced", "at_once"])
+def test_a_client_that_stops_reading_is_paused(start_job, local_only, kind, gap):
     """Issue: a client that sends and never reads grew the bridge without bound (1.5 GB) and kept
     most of it after leaving. Now: over its reply budget the bridge stops reading its requests
-    (they wait in its socket); the bridge stays small, other clients are served, and once the
-    client reads again every reply comes and what it held goes back."""
-    j = start_job(3, env={"PCLUSTER_CLIENT_REPLY_BUFFER_MIB": "16"})
+    (they wait in its socket) and the controller sends none of those it has to the engines (it
+    sends at most PCLUSTER_CLIENT_WINDOW per engine ahead of their replies); the bridge stays
+    small, other clients are served, and once the client reads again every reply comes, and what
+    it held goes back. Sent all at once, 600 requests for 1 MB replies each grew the bridge by
+    569 MiB against a 64 MiB budget before the controller held them; direct requests and
+    load-balanced tasks alike."""
+    # Tasks already sent to an engine are its prefetch (up to 32 for short tasks): 8, as the window.
+    j = start_job(3, env={"PCLUSTER_CLIENT_REPLY_BUFFER_MIB": "16", "PCLUSTER_CLIENT_WINDOW": "8",
+                          "PCLUSTER_TASK_PREFETCH": "8"})
     info = info_of(j)
     pid = info["bridge_pid"]
-    # A request whose reply is 1 MB (an execute result), as the real client encodes it.
-    recorded = record_requests(info, lambda c: c[0].execute("'r' * 1_000_000", silent=False))
-    template = [f for f in recorded if PREFIX.unpack_from(f)[2] == T_EXECUTE][0]
+    # A request whose reply is 1 MB (an execute result, a task's return value), as the real
+    # client encodes it.
+    if kind == "execute":
+        recorded = record_requests(info, lambda c: c[0].execute("'r' * 1_000_000", silent=False))
+        want = T_EXECUTE
+    else:
+        recorded = record_requests(info, lambda c: c.load_balanced_view().apply_sync(lambda: "r" * 1_000_000))
+        want = T_TASK
+    template = [f for f in recorded if PREFIX.unpack_from(f)[2] == want][0]
     base = rss_mib(pid)
     r = Raw(info)
-    sent, peak = 0, 0.0
-    for sent in range(1, 601):  # 600 MB of replies asked for, none read
-        r.send(with_id(template, r.next_id()))
-        time.sleep(0.005)
-        if sent % 50 == 0:
+    try:
+        paused_and_resumed(j, r, template, pid, base, gap)
+    finally:
+        r.close()
+
+
+def paused_and_resumed(j, r, template, pid, base, gap):
+    peak = 0.0
+    n = 600  # 600 MB of replies asked for, none read
+    if gap:
+        for sent in range(1, n + 1):
+            r.send(with_id(template, r.next_id()))
+            time.sleep(gap)
+            if sent % 50 == 0:
+                peak = max(peak, rss_mib(pid) - base)
+    else:
+        r.s.settimeout(30)
+        r.s.sendall(b"".join(with_id(template, r.next_id()) for _ in range(n)))
+        for _ in range(30):
+            time.sleep(0.1)
             peak = max(peak, rss_mib(pid) - base)
     time.sleep(2)
     peak = max(peak, rss_mib(pid) - base)
-    assert peak < 16 + 48, f"the bridge grew by {peak:.0f} MiB for one client that reads nothing"
+    # The budget, the replies of what was already sent (8 per engine, 2 engines), what was on its
+    # way to the bridge (the controller sends no more while 8 MiB of replies wait for the bridge),
+    # and slack: measured 17 paced, 24 (executes) and 22-38 MiB (tasks) at once; 569 MiB at once
+    # before the controller held a client.
+    assert peak < 16 + 16 + 32, f"the bridge grew by {peak:.0f} MiB for one client that reads nothing"
     # Everyone else is served meanwhile.
     with pcluster.Client(str(j.path), timeout=10) as c:
         t0 = time.monotonic()
         assert c[1].apply_sync(lambda: 3) == 3
+        assert c.load_balanced_view().apply_sync(lambda: 4) == 4
         assert time.monotonic() - t0 < 5
-    # When it reads again, its requests go on and every reply comes.
+    # When it reads again, its requests go on and every reply comes, each a whole 1 MB value.
     got = 0
-    while got < sent:
-        type_, _, _ = r.reply(60)
-        got += type_ == T_ENGINE_REPLY
+    while got < n:
+        type_, _, whole = r.reply(60)
+        if type_ == T_ENGINE_REPLY:
+            assert len(whole) > 1_000_000, f"reply {got} is not the value asked for: {whole[:300]!r}"
+            got += 1
     r.close()
     assert wait_until(lambda: rss_mib(pid) - base < 20, 10), f"the bridge still holds {rss_mib(pid) - base:.0f} MiB"
+
+
+def reply_segments_mib():
+    """What the controller's reply segments in /dev/shm hold (the job of the test is the only one)."""
+    total = 0
+    for p in Path("/dev/shm").glob("pcluster-s*"):
+        with contextlib.suppress(FileNotFoundError):
+            total += p.stat().st_blocks * 512
+    return total / 2 ** 20
+
+
+@pytest.mark.sanitizer_unfit("bounds on resident memory: the sanitizer's shadow memory and quarantine are what they would measure")
+def test_a_local_client_that_stops_reading_fills_no_shared_memory(start_job, local_only):
+    """A client on the job's host gets large replies as /dev/shm segments lent to it, with only
+    their references through the bridge; a client that reads nothing left 600 MiB of segments
+    for 300 requests for 1 MiB replies sent at once (the references sat in socket buffers). Now a
+    client holds at most PCLUSTER_CLIENT_SHM_MIB lent; beyond, replies come through the bridge,
+    where its reply budget holds it. Every reply still comes, and what it never gave back goes
+    when it leaves."""
+    j = start_job(2, env={"PCLUSTER_CLIENT_REPLY_BUFFER_MIB": "16", "PCLUSTER_CLIENT_WINDOW": "8",
+                          "PCLUSTER_CLIENT_SHM_MIB": "32"})
+    info = info_of(j)
+    pid = info["bridge_pid"]
+    # An execute result is cut to PCLUSTER_MAX_REPLY_TEXT (1 MiB): a reply just over the size
+    # that goes by shared memory.
+    recorded = record_requests(info, lambda c: c[0].execute("'r' * 2_000_000", silent=False))
+    template = [f for f in recorded if PREFIX.unpack_from(f)[2] == T_EXECUTE][0]
+    base, base_rss = reply_segments_mib(), rss_mib(pid)
+    probe, token = make_probe(f"c1x{os.urandom(4).hex()}")
+    with contextlib.ExitStack() as closing:
+        closing.callback(os.unlink, probe)
+        r = Raw(info, probe=probe.encode(), token=token)
+        closing.callback(r.close)
+        assert r.shm_ok
+        n = 300
+        r.s.settimeout(30)
+        r.s.sendall(b"".join(with_id(template, r.next_id()) for _ in range(n)))
+        peak = peak_rss = 0.0
+        for _ in range(40):
+            time.sleep(0.1)
+            peak = max(peak, reply_segments_mib() - base)
+            peak_rss = max(peak_rss, rss_mib(pid) - base_rss)
+        assert peak < 32 + 8, f"{peak:.0f} MiB of reply segments for one client that reads nothing"
+        # The budget, 8 replies sent ahead on engine 0, and slack.
+        assert peak_rss < 16 + 16 + 32, f"the bridge grew by {peak_rss:.0f} MiB"
+        by_shm = got = 0
+        while got < n:
+            type_, _, whole = r.reply(60)
+            if type_ == T_SHM_FRAME:
+                by_shm += 1
+            elif type_ == T_ENGINE_REPLY:
+                assert len(whole) > 1 << 20, f"reply {got} is not the value asked for: {whole[:300]!r}"
+            got += type_ in (T_SHM_FRAME, T_ENGINE_REPLY)
+        assert 10 <= by_shm < n, f"{by_shm} of {n} replies came in shared memory"
+    # What it was lent and never gave back goes when it leaves.
+    assert wait_until(lambda: reply_segments_mib() - base < 4, 10), f"{reply_segments_mib() - base:.0f} MiB left"
 
 
 @pytest.mark.sanitizer_unfit("bounds on resident memory: the sanitizer's shadow memory and quarantine are what they would measure")
@@ -321,6 +416,17 @@ def test_requests_in_flight_are_bounded(start_job, local_only):
             type_, _, _ = r.reply(60)
             got += type_ == T_ENGINE_REPLY
         r.close()
+
+
+def test_the_bridges_own_control_actions_are_refused_from_a_client(job, rc):
+    """hold_client, release_client and forget_client are the bridge's word about a client; from
+    a client they fail that request (a client could otherwise hold itself for good)."""
+    for action in (_core.control_action.hold_client, _core.control_action.release_client,
+                   _core.control_action.forget_client):
+        with pytest.raises(pcluster.RemoteError, match="bridge's own"):
+            rc._control(action)
+    assert rc[0].apply_sync(lambda: 5) == 5
+    assert rc.load_balanced_view().apply_sync(lambda: 6) == 6
 
 
 # --------------------------------------------------------------------------- 5. shared memory by owner only

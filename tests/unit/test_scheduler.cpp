@@ -410,6 +410,47 @@ TEST_CASE("abort_client touches only that client's tasks", "[scheduler]") {
     CHECK(s.dispatch() == sent({{2, 0}}));
 }
 
+TEST_CASE("a held client's ready tasks go nowhere until released, then in their order", "[scheduler]") {
+    scheduler s(2, {.prefetch = 1});
+    accept(s, task{.id = 1, .client = 1});
+    accept(s, task{.id = 2, .client = 1});
+    accept(s, task{.id = 3, .client = 2});
+    accept(s, task{.id = 4, .client = 1, .after = {3}});
+    REQUIRE(s.dispatch() == sent({{1, 0}, {2, 1}}));
+    s.hold_client(1);
+    s.on_finished(1, 0, true);
+    CHECK(s.dispatch() == sent({{3, 0}}));  // client 2's task goes; nothing of client 1's
+    accept(s, task{.id = 5, .client = 1, .engines = {1}});
+    s.on_finished(3, 0, true);  // 4 is ready now, but held
+    s.on_finished(2, 1, true);
+    CHECK(s.dispatch().empty());
+    CHECK(s.status().unassigned == 2);
+    CHECK(s.release_client(1).empty());
+    CHECK(s.dispatch() == sent({{4, 0}, {5, 1}}));
+}
+
+TEST_CASE("a held task whose engines died meanwhile is dropped at release, with its dependents", "[scheduler]") {
+    scheduler s(2, {.prefetch = 1});
+    s.hold_client(1);
+    accept(s, task{.id = 1, .client = 1, .engines = {1}});
+    accept(s, task{.id = 2, .client = 1});
+    accept(s, task{.id = 3, .client = 2, .after = {1}});
+    CHECK(s.dispatch().empty());
+    const auto dead = s.on_engine_dead(1);  // judged at once: task 1 can run nowhere now
+    REQUIRE(dead.size() == 2);
+    CHECK(find(dead, 1).kind == error_kind::impossible_dependency);
+    CHECK(find(dead, 3).kind == error_kind::dependency_failed);
+    CHECK(s.release_client(1).empty());
+    CHECK(s.dispatch() == sent({{2, 0}}));
+    // abort_client drops held tasks like queued ones.
+    s.hold_client(1);
+    accept(s, task{.id = 4, .client = 1});
+    CHECK(s.abort_client(1).dropped.size() == 1);
+    CHECK(s.release_client(1).empty());
+    s.on_finished(2, 0, true);
+    CHECK(s.dispatch().empty());
+}
+
 TEST_CASE("finished outcomes are remembered up to a bound, oldest forgotten first", "[scheduler]") {
     scheduler s(1, {.prefetch = 8, .remember_finished = 3});
     accept_all(s, 1, 5);

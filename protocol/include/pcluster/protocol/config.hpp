@@ -46,6 +46,10 @@ namespace pcluster::config {
       "which real-time signal (SIGRTMIN + n) interrupts an engine's running code")                              \
     X(max_reply_text, "PCLUSTER_MAX_REPLY_TEXT", integer, "1048576", 1024, 4194304, "engines",                    \
       "characters of an exception's message, its traceback or an execute result kept in a reply (the rest is cut, with a note)") \
+    X(client_window, "PCLUSTER_CLIENT_WINDOW", integer, "16", 1, 65536, "controller",                             \
+      "requests of one client sent to one engine and not yet answered; more wait in the controller")             \
+    X(client_shm_mib, "PCLUSTER_CLIENT_SHM_MIB", integer, "1024", 0, 1e7, "controller",                            \
+      "MiB of reply segments in /dev/shm one local client may hold; beyond, its replies come through the bridge") \
     X(shutdown_grace_s, "PCLUSTER_SHUTDOWN_GRACE_S", number, "10", 0, 86400, "controller",                        \
       "s running code may finish after a shutdown; then it is interrupted, and 5 s later the engines exit")   \
     X(ctrl_c_interrupts, "PCLUSTER_CTRL_C_INTERRUPTS", flag, "0", 0, 1, "client",                                 \

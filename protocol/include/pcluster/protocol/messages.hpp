@@ -218,11 +218,27 @@ struct task_request {
 //   abort:         drop the tasks `ids` (the caller's own) that have not been sent to an engine;
 //                  each then fails with TaskAborted; running ones are named in `refused`.
 //   queue_status:  per engine tasks sent and not answered, and done; tasks not yet sent.
-//   forget_client: the bridge says client client_of(r.id) left: its queued tasks are dropped.
+//   forget_client: the bridge says client client_of(r.id) left: its queued tasks and requests
+//                  are dropped.
+//   hold_client / release_client: the bridge says the replies it holds for client client_of(r.id)
+//                  are over that client's budget (it does not read them) / down to half of it:
+//                  the controller sends none of its requests or tasks to engines meanwhile
+//                  (controller/admission.hpp). No reply.
 //   interrupt:     raise KeyboardInterrupt in the code running for requests `ids` (the caller's
 //                  own: direct requests on r.targets, tasks wherever they run), or in whatever
 //                  runs on r.targets when `ids` is empty. Answered with which engines were told.
-enum class control_action : std::uint8_t { abort = 0, queue_status = 1, forget_client = 2, interrupt = 3 };
+enum class control_action : std::uint8_t {
+    abort = 0,
+    queue_status = 1,
+    forget_client = 2,
+    interrupt = 3,
+    hold_client = 4,
+    release_client = 5,
+};
+// Actions only the bridge may send; it refuses them from a client.
+constexpr bool bridge_only(control_action a) {
+    return a == control_action::forget_client || a == control_action::hold_client || a == control_action::release_client;
+}
 struct control_request {
     route r;
     control_action action = control_action::queue_status;
