@@ -8,7 +8,7 @@ pkgs=(
   libcereal-dev pybind11-dev catch2 nlohmann-json3-dev libssl-dev libcli11-dev libspdlog-dev
   python3 python3-dev python3-numpy python3-mpi4py python3-cloudpickle python3-pytest
   python3-pytest-timeout python3-tqdm python3-ipython python3-ipykernel python3-nbclient
-  python3-nbformat python3-ipyparallel python3-distributed
+  python3-nbformat python3-ipyparallel python3-distributed python3-joblib
   python3-tk xvfb xauth
   # the plot of bench/scale_bench.py
   python3-matplotlib

@@ -73,6 +73,14 @@ class LoadBalancedView(ViewCalls):
     def __len__(self):
         return len(self.targets) if self.targets is not None else len(self.client)
 
+    def register_joblib_backend(self, name="pcluster", make_default=False):
+        """Makes this view joblib's parallel backend `name` (also "ipyparallel", unless taken):
+        ``with joblib.parallel_backend("pcluster"): Parallel()(delayed(f)(x) for x in xs)`` runs
+        joblib's batches as tasks here. Needs joblib (python3-joblib)."""
+        from .joblib import register
+
+        register(self, name, make_default)
+
     # --- flags, as in ipyparallel ---
     def _check_flags(self, flags):
         for k in flags:
