@@ -461,7 +461,7 @@ std::vector<assignment> scheduler::dispatch() {
     return sent;
 }
 
-std::vector<outcome> scheduler::on_finished(task_id id, int engine, bool ok) {
+std::vector<outcome> scheduler::on_finished(task_id id, int engine, bool ok, bool unmet) {
     auto& m = *impl_;
     std::vector<outcome> out;
     auto it = m.tasks.find(id);
@@ -473,6 +473,25 @@ std::vector<outcome> scheduler::on_finished(task_id id, int engine, bool ok) {
     m.file(engine);
     if (ok) {
         m.settle(r, true, engine, {.what = verdict::done}, out);
+    } else if (unmet) {
+        // Not a failure of the task: it goes to another engine, retries untouched.
+        r.failed_on.push_back(engine);
+        r.engine = -1;
+        if (m.enqueue(r)) {
+            out.push_back({id, r.spec.client, verdict::retried, engine, {}, {}});
+        } else {
+            std::string tried;
+            for (int e : r.failed_on) {
+                if (!tried.empty()) tried += ", ";
+                tried += std::to_string(e);
+            }
+            r.state = task_state::sent;  // for drop(): where it last was
+            r.engine = engine;
+            m.drop(r, error_kind::impossible_dependency,
+                   "task " + std::to_string(id) + ": its function dependency (depend) was not met on any engine it may run on (tried " +
+                       tried + ")",
+                   out);
+        }
     } else if (r.retries_left > 0) {
         --r.retries_left;
         r.failed_on.push_back(engine);

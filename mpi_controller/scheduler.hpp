@@ -132,9 +132,11 @@ public:
     std::vector<assignment> dispatch();
 
     // The engine answered task `id`. First outcome: the task's own (done, failed, retried);
-    // then dependents that can no longer run. Empty if `id` was not sent to `engine` (a stale
+    // then dependents that can no longer run. `unmet`: the engine said the task's function
+    // dependency is false there (UnmetDependency): tried on another engine without using a
+    // retry, dropped as ImpossibleDependency when every engine it may run on said so. Empty if `id` was not sent to `engine` (a stale
     // or duplicate reply): drop it.
-    std::vector<outcome> on_finished(task_id id, int engine, bool ok);
+    std::vector<outcome> on_finished(task_id id, int engine, bool ok, bool unmet = false);
 
     // The engine is gone for good: its tasks are retried elsewhere if they have retries left,
     // else dropped (EngineDied); tasks that may only run there are dropped (ImpossibleDependency).

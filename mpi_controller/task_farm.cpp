@@ -79,20 +79,22 @@ void task_farm::adapt_prefetch(double run_s) {
 }
 
 bool task_farm::on_reply(std::uint64_t id, int engine, const proto::frame_view& v) {
-    bool ok = false;
+    bool ok = false, unmet = false;
     try {
         const auto rep = proto::decode<proto::engine_reply>(v);
         ok = rep.status == proto::reply_status::ok;
+        unmet = rep.kind == error_kind::unmet_dependency;
         adapt_prefetch(std::max(0.0, rep.completed - rep.started));
     } catch (const std::exception& e) {
         spdlog::error("engine {} sent a bad reply for task {:#x}: {}", engine, id, e.what());
     }
     bool forward = false;
     bool first = true;
-    for (const auto& o : sched_.on_finished(id, engine, ok)) {
+    for (const auto& o : sched_.on_finished(id, engine, ok, unmet)) {
         if (first && o.id == id) {
             forward = o.what == verdict::done || o.what == verdict::failed;
-            if (o.what != verdict::retried) tasks_.erase(id);
+            if (o.what == verdict::dropped) answer(o);  // in place of the engine's reply
+            else if (o.what != verdict::retried) tasks_.erase(id);
         } else {
             answer(o);
         }

@@ -16,7 +16,7 @@ from .error import (
 from .error import _KIND_CLASSES as _kinds
 from .lbview import LoadBalancedView
 from .mapresult import AsyncMapResult
-from .references import Reference, require
+from .references import Reference, depend, require
 from .remotefunction import ParallelFunction, RemoteFunction, ViewExecutor, parallel, remote
 from .serialize import interactive
 from .view import DirectView
@@ -56,6 +56,7 @@ __all__ = [cls.__name__ for cls in _kinds.values()] + [
     "Reference",
     "remote",
     "RemoteFunction",
+    "depend",
     "require",
     "ViewExecutor",
 ]

@@ -13,7 +13,7 @@ import time
 import traceback
 import types
 
-from . import _core, engine, serialize
+from . import _core, engine, error, serialize
 
 try:
     import _pcluster_engine as _capture  # built into the engine program
@@ -395,7 +395,8 @@ def handle(frame, part):
                 tb = [_cut("".join(tb))]
         except BaseException:  # noqa: B036 - a hostile exception must not break the reply
             tb = [f"{ename}: {evalue}\n"]
-        rep = _core.error_reply(msg_id, _ENGINE, _id, _NO_KIND, ename, evalue, tb)
+        kind = _UNMET if isinstance(e, error.UnmetDependency) else _NO_KIND
+        rep = _core.error_reply(msg_id, _ENGINE, _id, kind, ename, evalue, tb)
     finally:
         _current = 0
         _flush_streams()
@@ -411,3 +412,4 @@ def handle(frame, part):
 _Reply = _core.engine_reply
 _ENGINE = _core.reply_origin.engine
 _NO_KIND = _core.error_kind.none
+_UNMET = _core.error_kind.UnmetDependency

@@ -1,5 +1,5 @@
-"""ipyparallel's `Reference` and `require`: arguments that are the engine's own values, and
-functions that bring their imports with them.
+"""ipyparallel's `Reference`, `require` and `depend`: arguments that are the engine's own values,
+functions that bring their imports with them, and functions that run only where a condition holds.
 
     dv.push(dict(a=np.arange(10)))
     dv.apply(np.sum, pcluster.Reference("a"))   # each engine sums its own `a`; nothing travels back
@@ -14,6 +14,15 @@ time it is called, into the function's own globals (never into the engine's name
 effect, the rule of docs/architecture.md "Serialization"). Unlike ipyparallel, `require` makes
 no scheduling dependency: a task whose import fails fails with the ImportError (ipyparallel would
 try another engine); pcluster's engines share one environment.
+
+    @pcluster.depend(has_gpu)                 # or depend(f, *args, **kwargs)
+    def train(x): ...
+    lv.apply(train, x)                         # runs on an engine where has_gpu() is true
+
+A depending function first calls its condition on the engine; where it is false it raises
+UnmetDependency, and the controller tries the task on another engine (no retry is used); when
+every engine it may run on has said so, the task fails with ImpossibleDependency. Called on a
+DirectView, the UnmetDependency is that engine's error.
 """
 
 import functools
@@ -71,6 +80,40 @@ class _Requiring:
 
     def __repr__(self):
         return f"<{getattr(self.f, '__name__', self.f)!r} requiring {', '.join(self.modules + list(self.objects))}>"
+
+
+class _Depending:
+    """f, run only where condition(*args, **kwargs) is true (elsewhere: UnmetDependency)."""
+
+    def __init__(self, f, condition, args, kwargs):
+        self.f, self.condition, self.args, self.kwargs = f, condition, args, kwargs
+        functools.update_wrapper(self, f)
+
+    def __call__(self, *args, **kwargs):
+        if not self.condition(*self.args, **self.kwargs):
+            from .error import UnmetDependency
+
+            name = getattr(self.condition, "__name__", repr(self.condition))
+            raise UnmetDependency("UnmetDependency", f"{name}{self.args or ''} is false on this engine", "", {})
+        return self.f(*args, **kwargs)
+
+    def __repr__(self):
+        return f"<{getattr(self.f, '__name__', self.f)!r} depending on {getattr(self.condition, '__name__', self.condition)!r}>"
+
+
+def depend(condition, *args, **kwargs):
+    """Decorator: the function runs only on engines where condition(*args, **kwargs) is true
+    (evaluated there, before each call); a load-balanced task goes to another engine where it is
+    false, and fails with ImpossibleDependency when it is false everywhere it may run."""
+    if not callable(condition):
+        raise TypeError(f"depend takes a function (and its arguments), not {type(condition).__name__}")
+
+    def decorate(f):
+        if not callable(f):
+            raise TypeError(f"depend decorates a function, not {type(f).__name__}")
+        return _Depending(f, condition, args, kwargs)
+
+    return decorate
 
 
 def require(*required, **named):

@@ -260,3 +260,43 @@ def test_clear_empties_the_engines_namespaces(rc):
     assert dv.apply(lambda: [n for n in __import__("__main__").__dict__ if not n.startswith("__")]) == [[]] * NUM_ENGINES
     dv.push(dict(after_clear=3))  # the engines serve on
     assert dv.pull("after_clear") == [3] * NUM_ENGINES
+
+
+def on_engine(i):
+    import pcluster.engine
+
+    return pcluster.engine.engine_id == i
+
+
+def test_depend_runs_a_task_only_where_its_condition_holds(rc):
+    lv = rc.load_balanced_view()
+
+    @ipp.depend(on_engine, 2)
+    def where(x):
+        import pcluster.engine
+
+        return x, pcluster.engine.engine_id
+
+    ars = [lv.apply_async(where, i) for i in range(12)]
+    assert [ar.get(30) for ar in ars] == [(i, 2) for i in range(12)]
+    assert all(ar.engine_id == 2 for ar in ars)
+    # False everywhere: tried on each engine, then ImpossibleDependency naming them.
+    never = ipp.depend(lambda: False)(lambda: 1)
+    with pytest.raises(ipp.ImpossibleDependency, match="not met on any engine it may run on"):
+        lv.apply_sync(never)
+    # A dependent of that task fails with it; the view serves on.
+    first = lv.apply_async(never)
+    later = lv.apply_async(lambda: 2, after=[first])
+    with pytest.raises(ipp.DependencyFailed):
+        later.get(30)
+    assert lv.apply_sync(lambda: 3) == 3
+
+
+def test_depend_on_a_direct_view_raises_unmet_dependency_where_false(rc):
+    f = ipp.depend(on_engine, 1)(lambda: "ran")
+    assert rc[1].apply_sync(f) == "ran"
+    with pytest.raises(ipp.UnmetDependency, match="false on this engine"):
+        rc[0].apply_sync(f)
+    assert issubclass(ipp.UnmetDependency, ipp.DependencyError)
+    with pytest.raises(TypeError, match="depend takes a function"):
+        ipp.depend(3)

@@ -524,3 +524,32 @@ TEST_CASE("100k tasks over 1 and 1024 engines: each sent once, in order, within 
     }
     CHECK(done == count);
 }
+
+TEST_CASE("an unmet function dependency moves a task to another engine, without using a retry", "[scheduler]") {
+    scheduler s(3, {.prefetch = 1});
+    accept(s, task{.id = 1});
+    REQUIRE(s.dispatch() == sent({{1, 0}}));
+    auto out = s.on_finished(1, 0, false, true);
+    REQUIRE(out.size() == 1);
+    CHECK(out[0].what == verdict::retried);
+    CHECK(s.dispatch() == sent({{1, 1}}));  // not engine 0 again
+    out = s.on_finished(1, 1, false, true);
+    CHECK(s.dispatch() == sent({{1, 2}}));
+    CHECK(s.on_finished(1, 2, true).at(0).what == verdict::done);
+}
+
+TEST_CASE("a function dependency unmet on every engine it may run on is impossible; its dependents fail", "[scheduler]") {
+    scheduler s(3, {.prefetch = 1});
+    accept(s, task{.id = 1, .engines = {0, 2}, .retries = 5});
+    accept(s, task{.id = 2, .after = {1}});
+    REQUIRE(s.dispatch() == sent({{1, 0}}));
+    s.on_finished(1, 0, false, true);
+    REQUIRE(s.dispatch() == sent({{1, 2}}));
+    const auto out = s.on_finished(1, 2, false, true);
+    REQUIRE(out.size() == 2);
+    CHECK(out[0].id == 1);
+    CHECK(out[0].what == verdict::dropped);
+    CHECK(out[0].kind == error_kind::impossible_dependency);
+    CHECK_THAT(out[0].evalue, Catch::Contains("not met on any engine") && Catch::Contains("tried 0, 2"));
+    CHECK(find(out, 2).kind == error_kind::dependency_failed);
+}

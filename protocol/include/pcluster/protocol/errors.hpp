@@ -27,6 +27,8 @@ namespace pcluster::protocol {
     X(impossible_dependency, "ImpossibleDependency", "DependencyError",                                        \
       "the task's dependencies can never be met together (follow engines disagree or died)")                   \
     X(invalid_dependency, "InvalidDependency", "DependencyError", "a dependency names a task the controller does not know") \
+    X(unmet_dependency, "UnmetDependency", "DependencyError",                                                  \
+      "the function's condition (pcluster.depend) is false on this engine; a task is tried on another")       \
     X(invalid_task, "InvalidTask", "TaskError", "the task itself is invalid (id in use, engine, retries)")
 
 // none: not made by pcluster - user code on the engine raised `ename`.
