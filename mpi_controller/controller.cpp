@@ -304,6 +304,7 @@ private:
         if (q.type == static_cast<std::uint16_t>(proto::message_type::control_request)) {
             const auto req = proto::decode<proto::control_request>(q.frame.view());
             if (req.action == proto::control_action::interrupt) return interrupt(req);
+            if (req.action == proto::control_action::signal) return send_signal(req);
             const auto client = proto::client_of(req.r.id);
             if (req.action == proto::control_action::hold_client) gate_.hold(client);
             if (req.action == proto::control_action::release_client) gate_.release(client);
@@ -375,6 +376,40 @@ private:
 
     // Raise KeyboardInterrupt in running code: requests `ids` (direct ones on r.targets, tasks
     // wherever they run), or whatever runs on r.targets. Answers which engines were told.
+    // rc.send_signal: SIGINT is an interrupt of whatever runs; any other signal goes to the
+    // engine processes of r.targets (all live engines when none), from their watch threads.
+    void send_signal(const proto::control_request& req) {
+        proto::control_reply rep;
+        rep.id = req.r.id;
+        const long sig = req.ids.size() == 1 ? static_cast<long>(req.ids[0]) : -1;
+        if (sig < 1 || sig >= NSIG) {
+            rep.ok = false;
+            rep.message = "send_signal takes one signal number from 1 to " + std::to_string(NSIG - 1);
+            link_.send(proto::encode(rep));
+            return;
+        }
+        if (sig == SIGINT) {
+            proto::control_request as_interrupt = req;
+            as_interrupt.action = proto::control_action::interrupt;
+            as_interrupt.ids.clear();
+            return interrupt(as_interrupt);
+        }
+        std::vector<int> targets(req.r.targets.begin(), req.r.targets.end());
+        if (targets.empty())
+            for (int e = 0; e < n_; ++e)
+                if (watch_.alive(e)) targets.push_back(e);
+        for (int e : targets) {
+            if (e < 0 || e >= n_ || !watch_.alive(e)) {
+                rep.refused.push_back("engine " + std::to_string(e) + ": not a live engine");
+                continue;
+            }
+            watch_.send(e, {wire::control_kind::signal, e, static_cast<std::uint64_t>(sig), 0});
+            rep.engines.push_back({e, 0, 0, true});
+            spdlog::info("client {} sent signal {} to {}", proto::client_of(req.r.id), sig, who(e));
+        }
+        link_.send(proto::encode(rep));
+    }
+
     void interrupt(const proto::control_request& req) {
         proto::control_reply rep;
         rep.id = req.r.id;

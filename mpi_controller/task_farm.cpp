@@ -167,7 +167,8 @@ std::optional<proto::control_reply> task_farm::control(const proto::control_requ
         for (const auto& o : sched_.release_client(client)) answer(o);
         return std::nullopt;
     case proto::control_action::interrupt:
-        break;  // the controller's own (controller::interrupt)
+    case proto::control_action::signal:
+        break;  // the controller's own (controller::interrupt, controller::send_signal)
     }
     rep.ok = false;
     rep.message = "unknown control action";

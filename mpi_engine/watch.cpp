@@ -225,6 +225,12 @@ void watch::handle(const wire::control_msg& m) {
         pthread_kill(main_, interrupt_signal());
         return;
     }
+    case wire::control_kind::signal:
+        // A user's rc.send_signal: the process gets it as from kill(1) (a handler the user set
+        // on the engine runs; SIGTERM, SIGKILL end the engine, which the controller then sees
+        // die). SIGINT never comes here: it is an interrupt.
+        ::kill(::getpid(), static_cast<int>(m.a));
+        return;
     case wire::control_kind::engine_died:
         announce(m.b, m.a, m.engine);
         return;

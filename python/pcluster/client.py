@@ -362,6 +362,21 @@ class Client:
         msg = _core.control_request(action=action, ids=list(ids))
         return self._new_request(msg, [], list(targets), ["controller"], "control", True, single=True).get(30)
 
+    def send_signal(self, sig, targets=None, block=None):
+        """Send signal `sig` to the engine processes `targets` (default: every live engine), as
+        ipyparallel does. SIGINT interrupts the code running there (as interrupt()); another
+        signal reaches the process as from kill: a handler set on the engine runs, SIGTERM or
+        SIGKILL end the engine (requests waiting on it fail with EngineDied; the job lives on
+        when it was started with recovery). Returns the engine ids told; `block` is accepted
+        for ipyparallel's signature (the controller answers at once)."""
+        ids = self.ids if targets is None else self._resolve(targets)
+        rep = self._control(_core.control_action.signal, [int(sig)], ids)
+        if not rep.ok:
+            raise ValueError(rep.message)
+        if rep.refused:
+            raise ValueError("; ".join(rep.refused))
+        return [q.engine for q in rep.engines]
+
     def interrupt(self, targets=None):
         """Raise KeyboardInterrupt in the code running on `targets` (default: every live engine),
         as Ctrl-C would locally: the engines keep their namespaces and serve the next request.

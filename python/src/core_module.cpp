@@ -242,7 +242,8 @@ PYBIND11_MODULE(_core, m) {
         .value("forget_client", proto::control_action::forget_client)
         .value("interrupt", proto::control_action::interrupt)
         .value("hold_client", proto::control_action::hold_client)
-        .value("release_client", proto::control_action::release_client);
+        .value("release_client", proto::control_action::release_client)
+        .value("signal", proto::control_action::signal);
     py::enum_<proto::reply_status>(m, "reply_status").value("ok", proto::reply_status::ok).value("error", proto::reply_status::error);
     py::enum_<proto::reply_origin>(m, "reply_origin")
         .value("engine", proto::reply_origin::engine)

@@ -124,6 +124,33 @@ def test_engine_death_costs_only_that_engine(job5, how, expect):
     assert qs[0]["alive"] and 2 not in qs
 
 
+def test_send_signal_as_ipyparallel(job5):
+    """rc.send_signal(sig, targets): SIGINT interrupts the running code; a signal the engine's
+    code handles reaches its handler; SIGTERM ends that engine, as a death the job survives."""
+    j, rc = job5
+    running = rc[1].execute("import time; time.sleep(100)", block=False)
+    time.sleep(0.4)
+    assert rc.send_signal(signal.SIGINT, targets=1) == [1]
+    with pytest.raises(pcluster.RemoteError) as ei:
+        running.get(10)
+    assert ei.value.ename == "KeyboardInterrupt"
+    rc[:].execute("import signal\ngot = []\nsignal.signal(signal.SIGUSR1, lambda s, f: got.append(s))")
+    assert rc.send_signal(signal.SIGUSR1, targets=[0, 3]) == [0, 3]
+    wait_for(lambda: rc[[0, 3]].pull("got") == [[signal.SIGUSR1]] * 2, "the engines' SIGUSR1 handlers")
+    assert rc[1].pull("got") == []
+    waiting = rc[2].apply_async(nap, 30)
+    time.sleep(0.3)
+    assert rc.send_signal(signal.SIGTERM, targets=[2]) == [2]
+    with pytest.raises(pcluster.EngineDied, match="SIGTERM"):
+        waiting.get(10)
+    assert rc.ids == [0, 1, 3]
+    assert_survivors_serve(rc, [0, 1, 3])
+    with pytest.raises(IndexError, match="engine 2 died"):
+        rc.send_signal(signal.SIGTERM, targets=[2])
+    with pytest.raises(ValueError, match="one signal number"):
+        rc.send_signal(0)
+
+
 def test_a_second_client_is_told_too(job5):
     j, rc = job5
     with pcluster.Client(str(j.path)) as other:

@@ -220,6 +220,10 @@ struct task_request {
 //   queue_status:  per engine tasks sent and not answered, and done; tasks not yet sent.
 //   forget_client: the bridge says client client_of(r.id) left: its queued tasks and requests
 //                  are dropped.
+//   signal:        send signal ids[0] to the engines r.targets (every live engine when empty):
+//                  SIGINT interrupts what runs (as interrupt), another signal goes to the engine
+//                  process (SIGTERM, SIGKILL end it: an engine death). Answered with which
+//                  engines were told.
 //   hold_client / release_client: the bridge says the replies it holds for client client_of(r.id)
 //                  are over that client's budget (it does not read them) / down to half of it:
 //                  the controller sends none of its requests or tasks to engines meanwhile
@@ -234,6 +238,7 @@ enum class control_action : std::uint8_t {
     interrupt = 3,
     hold_client = 4,
     release_client = 5,
+    signal = 6,
 };
 // Actions only the bridge may send; it refuses them from a client.
 constexpr bool bridge_only(control_action a) {
