@@ -209,6 +209,11 @@ class DirectView(ViewCalls):
             code = f.read()
         return self.execute(code, targets=targets, block=block)
 
+    @property
+    def importer(self):
+        """sync_imports(local=True), as a property: ``with view.importer: import numpy``."""
+        return self.sync_imports(True)
+
     @contextlib.contextmanager
     def sync_imports(self, local=True, quiet=False):
         """with view.sync_imports(): import numpy - the import statements inside run here (unless

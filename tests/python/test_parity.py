@@ -300,3 +300,10 @@ def test_depend_on_a_direct_view_raises_unmet_dependency_where_false(rc):
     assert issubclass(ipp.UnmetDependency, ipp.DependencyError)
     with pytest.raises(TypeError, match="depend takes a function"):
         ipp.depend(3)
+
+
+def test_importer_is_sync_imports_here_and_there(rc):
+    dv = rc[:]
+    with dv.importer:
+        import colorsys  # noqa: F401 - imported here and on every engine
+    assert dv.apply_sync(lambda: "colorsys" in globals()) == [True] * len(rc.ids)
