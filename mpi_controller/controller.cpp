@@ -205,14 +205,24 @@ private:
     // Engine a.engine's reply to a client's request is in, or answered for: room in that
     // client's window (admission.hpp).
     void settled(const awaited_reply& a) {
-        if (!a.internal && !a.task && !a.shutdown) gate_.answered(a.id, a.engine);
+        if (a.internal || a.task || a.shutdown) return;
+        gate_.answered(a.id, a.engine);
+        farm_.engine_busy(a.engine, -1);
+    }
+
+    // A client's request other than a task goes to the engines; each live target counts it as
+    // load for the task farm until its reply is in (settled): tasks go to idle engines first.
+    void issue_request(const request& q) {
+        channels_.issue(q);
+        for (int t : q.targets)
+            if (watch_.alive(t)) farm_.engine_busy(t, +1);
     }
 
     // Requests that waited for room in their client's window, or for its release.
     bool issue_admitted() {
         if (stopping_ || !gate_.waiting()) return false;
         auto ready = gate_.take_ready(watch_.alive_map());
-        for (const auto& q : ready) channels_.issue(q);
+        for (const auto& q : ready) issue_request(q);
         return !ready.empty();
     }
 
@@ -330,7 +340,7 @@ private:
             channels_.issue(q);
             return;
         }
-        if (auto now = gate_.offer(std::move(q), watch_.alive_map())) channels_.issue(*now);
+        if (auto now = gate_.offer(std::move(q), watch_.alive_map())) issue_request(*now);
     }
 
     void begin_stopping() {

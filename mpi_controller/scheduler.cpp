@@ -50,28 +50,37 @@ struct finished_record {
 struct engine_record {
     bool alive = true;
     int load = 0;  // sent, not answered
+    int direct = 0;  // requests other than tasks sent to it and not answered (engine_busy)
     std::uint64_t done = 0;
     std::map<std::uint64_t, task_id> queue;  // seq -> ready task whose restricted engine set has this one
     // Filing in the load buckets; kept in step by scheduler::impl::file().
     bool aside = false, in_free = false, in_restricted = false;
     int filed_load = 0;
+    // When it was last given a task (dispatch count): among engines of equal load the one given
+    // a task least recently goes first, so tasks rotate over idle engines (ipyparallel's habit).
+    std::uint64_t last_sent = 0, filed_last_sent = 0;
 };
 
-// Engines by load, lowest engine number first among equals. Every filed load is below the
-// prefetch limit, so least() is O(prefetch) and insert/erase O(log engines).
+// Engines by load; among equals the least recently given a task first (then the lowest
+// number). Every filed load is below the prefetch limit, so least() is O(prefetch) and
+// insert/erase O(log engines).
 class load_buckets {
 public:
     explicit load_buckets(int slots) : buckets_(static_cast<std::size_t>(slots)) {}
-    void insert(int engine, int load) { buckets_[static_cast<std::size_t>(load)].insert(engine); }
-    void erase(int engine, int load) { buckets_[static_cast<std::size_t>(load)].erase(engine); }
+    void insert(int engine, int load, std::uint64_t last_sent) {
+        buckets_[static_cast<std::size_t>(load)].emplace(last_sent, engine);
+    }
+    void erase(int engine, int load, std::uint64_t last_sent) {
+        buckets_[static_cast<std::size_t>(load)].erase({last_sent, engine});
+    }
     int least() const {
         for (const auto& b : buckets_)
-            if (!b.empty()) return *b.begin();
+            if (!b.empty()) return b.begin()->second;
         return -1;
     }
 
 private:
-    std::vector<std::set<int>> buckets_;
+    std::vector<std::set<std::pair<std::uint64_t, int>>> buckets_;
 };
 
 // A task just settled whose dependents have not been told yet. Telling them is deferred to
@@ -109,6 +118,7 @@ struct scheduler::impl {
     int prefetch;
     std::size_t remember_finished;
     std::uint64_t next_seq = 0;
+    std::uint64_t sends = 0;  // tasks dispatched so far: engine_record::last_sent's clock
     int alive = 0;
     std::vector<detail::engine_record> engines;
     detail::load_buckets free;                 // alive engines with a free slot
@@ -136,14 +146,17 @@ struct scheduler::impl {
     // liveness or `aside`.
     void file(int e) {
         auto& r = eng(e);
-        const bool want_free = r.alive && !r.aside && r.load < prefetch;
+        const int load = r.load + r.direct;
+        const bool want_free = r.alive && !r.aside && load < prefetch;
         const bool want_restricted = want_free && !r.queue.empty();
-        const bool moved = r.filed_load != r.load;
-        if (r.in_free && (!want_free || moved)) free.erase(e, r.filed_load), r.in_free = false;
-        if (r.in_restricted && (!want_restricted || moved)) restricted.erase(e, r.filed_load), r.in_restricted = false;
-        if (want_free && !r.in_free) free.insert(e, r.load), r.in_free = true;
-        if (want_restricted && !r.in_restricted) restricted.insert(e, r.load), r.in_restricted = true;
-        r.filed_load = r.load;
+        const bool moved = r.filed_load != load || r.filed_last_sent != r.last_sent;
+        if (r.in_free && (!want_free || moved)) free.erase(e, r.filed_load, r.filed_last_sent), r.in_free = false;
+        if (r.in_restricted && (!want_restricted || moved))
+            restricted.erase(e, r.filed_load, r.filed_last_sent), r.in_restricted = false;
+        if (want_free && !r.in_free) free.insert(e, load, r.last_sent), r.in_free = true;
+        if (want_restricted && !r.in_restricted) restricted.insert(e, load, r.last_sent), r.in_restricted = true;
+        r.filed_load = load;
+        r.filed_last_sent = r.last_sent;
     }
 
     // Where a live task will certainly run, if that is known already.
@@ -451,6 +464,7 @@ std::vector<assignment> scheduler::dispatch() {
         pick->state = task_state::sent;
         pick->engine = e;
         ++er.load;
+        er.last_sent = ++m.sends;
         m.file(e);
         sent.push_back({pick->spec.id, e});
     }
@@ -616,6 +630,14 @@ std::vector<outcome> scheduler::release_client(std::uint32_t client) {
     }
     m.drain(out);
     return out;
+}
+
+void scheduler::engine_busy(int e, int delta) {
+    auto& m = *impl_;
+    if (!m.valid_engine(e)) return;
+    auto& r = m.eng(e);
+    r.direct = std::max(0, r.direct + delta);
+    m.file(e);
 }
 
 queue_status scheduler::status() const {

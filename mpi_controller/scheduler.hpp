@@ -126,7 +126,8 @@ public:
     // already failed. `now` starts the dependency timeout.
     std::optional<outcome> submit(task t, time_point now);
 
-    // What to send now. Repeatedly the least-loaded engine (lowest number among equals) that has
+    // What to send now. Repeatedly the least-loaded engine (among equals the one given a task
+    // least recently, then the lowest number) that has
     // a free slot and a ready task it may run gets the oldest such task. Call after anything that
     // queues tasks or frees slots (submit, on_finished, on_engine_dead).
     std::vector<assignment> dispatch();
@@ -167,6 +168,10 @@ public:
     // Changes the prefetch window (1..max_prefetch) from now on: an engine that holds more than
     // the new window keeps its tasks and gets no more until it is below it. O(engines).
     void set_prefetch(int prefetch);
+    // Engine `e` was sent (delta +1) or answered (-1) a request that is not a task (a direct or
+    // collective request): it counts as load, so tasks go to idle engines first, and an engine
+    // busy with as many such requests as the prefetch window gets no task until it is not.
+    void engine_busy(int e, int delta);
     int prefetch() const;
     // Accepted and not yet settled.
     std::size_t live() const;

@@ -39,6 +39,8 @@ public:
     // Engine `e` died: its tasks are retried elsewhere (retries) or fail with EngineDied; its
     // retried tasks' requests go out again through dispatch().
     void engine_died(int e, const std::string& how);
+    // Engine `e` got (+1) or answered (-1) a request that is not a task: it counts as load.
+    void engine_busy(int e, int delta) { sched_.engine_busy(e, delta); }
     // Where task `id` runs, if it was sent to an engine.
     std::optional<int> engine_of(std::uint64_t id) const { return sched_.engine_of(id); }
 

@@ -213,15 +213,24 @@ def test_retries_go_to_other_engines(lv, tmp_path):
     assert ar.engine_id == eid
     assert t[-1] == eid
     assert len(t) == len(set(t)), f"a retry went back to an engine that failed it: {t}"
-    # Idle farm: the first try goes to engine 0 (lowest number), the retry to the next free one.
-    assert t == [0, 1, 2]
+    assert set(t[:-1]) <= {0, 1}, t  # every try before the last failed
+    # Engines 0 and 1 only: it fails on the first, goes to the other and fails there too.
+    sub = lv.client.load_balanced_view(targets=[0, 1, 2])
+    path2 = tmp_path / "tries2"
+    sub.apply(flaky, str(path2), {0, 1, 2}, retries=2).wait(T)
+    assert sorted(tries(path2)) == [0, 1, 2]
 
 
 def test_retries_flag_on_view(rc, lv, tmp_path):
     path = tmp_path / "tries"
     lv.set_flags(retries=3)
     assert lv.apply(flaky, str(path), {0, 1}).get(T) in (2, 3)
-    assert len(tries(path)) == 3
+    t = tries(path)
+    assert set(t[:-1]) <= {0, 1} and t[-1] in (2, 3) and len(t) == len(set(t)), t
+    # With the flag unset, the first failure is final.
+    lv.set_flags(retries=0)
+    with pytest.raises(pcluster.RemoteError):
+        lv.apply(flaky, str(tmp_path / "none"), set(rc.ids)).get(T)
 
 
 def test_no_retries_fails_with_engine_error(rc, tmp_path):
@@ -747,36 +756,40 @@ def test_dependency_across_clients(job, rc, lv):
 
 
 # --------------------------------------------------------------------------- found while testing
-def chatty_flaky(path, bad):
-    """flaky, printing first and running long enough for the output to be streamed."""
+def chatty_flaky(path):
+    """Fails its first try, wherever that runs; prints first and runs long enough for the output
+    to be streamed."""
+    import os
     import time
 
     from pcluster.engine import engine_id
 
+    first = not os.path.exists(path)
     with open(path, "a") as f:
         f.write(f"{engine_id}\n")
     print(f"trying on {engine_id}", flush=True)
     time.sleep(1.5)
-    if engine_id in bad:
+    if first:
         raise RuntimeError(f"no luck on engine {engine_id}")
     return engine_id
 
 
 def test_retried_task_with_streamed_output_blocking_get(lv, tmp_path):
     path = tmp_path / "tries"
-    ar = lv.apply(chatty_flaky, str(path), {0}, retries=2)
+    ar = lv.apply(chatty_flaky, str(path), retries=2)
     eid = ar.get(T)
-    assert tries(path) == [0, eid] and eid != 0
+    first = tries(path)[0]
+    assert tries(path) == [first, eid] and eid != first
     assert ar.engine_id == eid
     assert f"trying on {eid}" in ar.stdout
 
 
 def test_retried_task_with_streamed_output_resolves_on_its_own(lv, tmp_path):
     path = tmp_path / "tries"
-    ar = lv.apply(chatty_flaky, str(path), {0}, retries=2)
+    ar = lv.apply(chatty_flaky, str(path), retries=2)
     done, _ = concurrent.futures.wait([ar], timeout=30)  # the client's result thread settles it
     assert done, f"the retried task never resolved (it ran on {tries(path)})"
-    assert ar.get(0) == ar.engine_id != 0
+    assert ar.get(0) == ar.engine_id != tries(path)[0]
 
 
 def test_map_get_timeout_bounds_the_whole_wait(lv):
@@ -818,3 +831,22 @@ def test_shutdown_aborts_queued_tasks(start_job):
     for ar in ars[sent:]:
         e = raises_remote(ar, TaskAborted, timeout=10)
         assert "shutting down" in e.evalue
+
+
+def test_idle_engines_take_turns_and_a_busy_engine_is_passed_over(rc):
+    """Issue 12, requirement 4: on an idle cluster lv.apply rotates over the engines (least
+    recently used first), and an engine running a direct request counts as loaded (a task went
+    to an engine running a long cell while three sat idle)."""
+    def where():
+        import pcluster.engine
+
+        return pcluster.engine.engine_id
+
+    lv = rc.load_balanced_view()
+    got = [lv.apply_sync(where) for _ in range(2 * len(rc.ids))]
+    assert sorted(got) == sorted(rc.ids * 2), got
+    busy = rc[0].execute("import time; time.sleep(4)", block=False)
+    time.sleep(0.3)
+    got = [lv.apply_sync(where) for _ in range(6)]
+    assert 0 not in got and sorted(set(got)) == rc.ids[1:], got
+    busy.get(30)

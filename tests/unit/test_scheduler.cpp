@@ -68,8 +68,9 @@ TEST_CASE("tasks go to the least-loaded engine, at most prefetch per engine", "[
     s.on_finished(100, 0, true);
     s.on_finished(103, 0, true);
     s.on_finished(104, 1, true);
-    // Engine 0 holds none, engine 1 one: 0 first, then the lowest number among equals.
-    CHECK(s.dispatch() == sent({{107, 0}, {108, 0}, {109, 1}}));
+    // Engine 0 holds none, engine 1 one: 0 first; then among equals the one given a task least
+    // recently (1 got 106 before 0 got 107).
+    CHECK(s.dispatch() == sent({{107, 0}, {108, 1}, {109, 0}}));
     st = s.status();
     CHECK(st.engines[0].done == 2);
     CHECK(st.engines[1].done == 2);
@@ -138,21 +139,21 @@ TEST_CASE("after: a task waits for its dependencies", "[scheduler]") {
     CHECK(s.status().waiting == 2);
     CHECK(s.dispatch() == sent({{1, 0}}));
     s.on_finished(1, 0, true);
-    CHECK(s.dispatch() == sent({{2, 0}}));
-    s.on_finished(2, 0, true);
+    CHECK(s.dispatch() == sent({{2, 1}}));  // idle engines take turns
+    s.on_finished(2, 1, true);
     CHECK(s.dispatch() == sent({{3, 0}}));
     s.on_finished(3, 0, true);
 
     SECTION("a dependency already finished counts at once") {
         accept(s, task{.id = 4, .after = {1, 3}});
-        CHECK(s.dispatch() == sent({{4, 0}}));
+        CHECK(s.dispatch() == sent({{4, 1}}));
     }
     SECTION("after_failure_ok lets a failed dependency count") {
         accept(s, task{.id = 10});
         accept(s, task{.id = 11, .after = {10}, .after_failure_ok = true});
         accept(s, task{.id = 12, .after = {10}});
-        CHECK(s.dispatch() == sent({{10, 0}}));
-        const auto out = s.on_finished(10, 0, false);
+        CHECK(s.dispatch() == sent({{10, 1}}));
+        const auto out = s.on_finished(10, 1, false);
         CHECK(out.size() == 2);  // 10 failed, 12 dropped
         CHECK(find(out, 12).kind == error_kind::dependency_failed);
         CHECK(s.dispatch() == sent({{11, 0}}));
@@ -264,7 +265,7 @@ TEST_CASE("retries avoid the engines that already failed the task", "[scheduler]
 
     SECTION("an idle engine the head task avoids takes the next task instead") {
         accept(s, task{.id = 2});
-        CHECK(s.dispatch() == sent({{2, 0}, {1, 2}}));
+        CHECK(s.dispatch() == sent({{1, 2}, {2, 0}}));  // 2 never had a task: it goes first
     }
     SECTION("when every engine has failed it, it fails for good, retries or not") {
         CHECK(s.dispatch() == sent({{1, 2}}));
@@ -275,7 +276,7 @@ TEST_CASE("retries avoid the engines that already failed the task", "[scheduler]
     }
     SECTION("a restricted task fails for good once its engines have failed it") {
         accept(s, task{.id = 3, .engines = {0, 2}, .retries = 9});
-        CHECK(s.dispatch() == sent({{3, 0}, {1, 2}}));
+        CHECK(s.dispatch() == sent({{1, 2}, {3, 0}}));
         CHECK(s.on_finished(3, 0, false)[0].what == verdict::retried);
         CHECK(s.on_finished(1, 2, true)[0].what == verdict::done);
         CHECK(s.dispatch() == sent({{3, 2}}));
@@ -283,7 +284,7 @@ TEST_CASE("retries avoid the engines that already failed the task", "[scheduler]
     }
     SECTION("retries run out") {
         accept(s, task{.id = 4, .retries = 1});
-        CHECK(s.dispatch() == sent({{4, 0}, {1, 2}}));
+        CHECK(s.dispatch() == sent({{1, 2}, {4, 0}}));
         CHECK(s.on_finished(4, 0, false)[0].what == verdict::retried);
         s.on_finished(1, 2, true);
         CHECK(s.dispatch() == sent({{4, 1}}));
@@ -426,7 +427,29 @@ TEST_CASE("a held client's ready tasks go nowhere until released, then in their 
     CHECK(s.dispatch().empty());
     CHECK(s.status().unassigned == 2);
     CHECK(s.release_client(1).empty());
-    CHECK(s.dispatch() == sent({{4, 0}, {5, 1}}));
+    CHECK(s.dispatch() == sent({{4, 1}}));  // engine 1 was given a task least recently
+    s.on_finished(4, 1, true);
+    CHECK(s.dispatch() == sent({{5, 1}}));
+}
+
+TEST_CASE("idle engines take turns: the one given a task least recently goes first", "[scheduler]") {
+    scheduler s(4, {.prefetch = 2});
+    std::vector<int> order;
+    for (task_id id = 1; id <= 12; ++id) {  // one task at a time on an idle cluster
+        accept(s, task{.id = id});
+        const auto a = s.dispatch();
+        REQUIRE(a.size() == 1);
+        order.push_back(a[0].engine);
+        s.on_finished(id, a[0].engine, true);
+    }
+    CHECK(order == std::vector<int>{0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3});
+    // Load comes first: a busy engine is passed over however long ago it was given a task.
+    accept(s, task{.id = 20});
+    accept(s, task{.id = 21});
+    CHECK(s.dispatch() == sent({{20, 0}, {21, 1}}));
+    s.on_finished(21, 1, true);
+    accept(s, task{.id = 22});
+    CHECK(s.dispatch() == sent({{22, 2}}));
 }
 
 TEST_CASE("a held task whose engines died meanwhile is dropped at release, with its dependents", "[scheduler]") {
@@ -552,4 +575,22 @@ TEST_CASE("a function dependency unmet on every engine it may run on is impossib
     CHECK(out[0].kind == error_kind::impossible_dependency);
     CHECK_THAT(out[0].evalue, Catch::Contains("not met on any engine") && Catch::Contains("tried 0, 2"));
     CHECK(find(out, 2).kind == error_kind::dependency_failed);
+}
+
+TEST_CASE("an engine busy with direct requests counts them as load", "[scheduler]") {
+    scheduler s(3, {.prefetch = 2});
+    s.engine_busy(0, +1);
+    accept_all(s, 1, 2);
+    CHECK(s.dispatch() == sent({{1, 1}, {2, 2}}));  // idle engines first
+    accept(s, task{.id = 3});
+    CHECK(s.dispatch() == sent({{3, 0}}));  // all hold one now: the least recently given one
+    s.engine_busy(1, +1);                   // engine 1: a task and a direct request: full
+    s.on_finished(3, 0, true);
+    accept_all(s, 4, 5);
+    CHECK(s.dispatch() == sent({{4, 2}, {5, 0}}));  // 2 was given a task before 0
+    s.engine_busy(0, -1);
+    s.engine_busy(0, -1);  // never below zero
+    s.on_finished(5, 0, true);
+    accept(s, task{.id = 6});
+    CHECK(s.dispatch() == sent({{6, 0}}));
 }
