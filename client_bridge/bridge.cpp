@@ -511,7 +511,7 @@ int bridge::route_reply(proto::received_frame f) {
     if (!shm_path.empty()) c.lent_paths.insert(shm_path);
     if (!proto::is(v, proto::message_type::output)) answered(c, id);
     c.writer.push_raw(std::move(f.bytes));
-    if ((!c.paused || !c.held) && c.writer.queued_bytes() >= lim_.reply_buffer_bytes) check_budget(c);
+    if (!c.held && c.writer.queued_bytes() >= lim_.reply_buffer_bytes) check_budget(c);
     return c.fd;
 }
 
@@ -530,7 +530,7 @@ void bridge::flush_client(client& c) {
     } catch (const std::exception& e) {
         return drop(c, e.what());
     }
-    if (c.paused || c.held) check_budget(c);  // replies drained: it may read on, be sent
+    if (c.paused) check_budget(c);  // replies drained: it may read on (held implies paused)
     set_events(c);
 }
 

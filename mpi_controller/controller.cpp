@@ -384,8 +384,27 @@ private:
         channels_.issue(internal_request(proto::encode(proto::shutdown_request{}), live));
     }
 
-    // Raise KeyboardInterrupt in running code: requests `ids` (direct ones on r.targets, tasks
-    // wherever they run), or whatever runs on r.targets. Answers which engines were told.
+    // r.targets, or every live engine when it names none.
+    std::vector<int> targets_or_live(const std::vector<std::int32_t>& targets) const {
+        std::vector<int> out(targets.begin(), targets.end());
+        if (out.empty())
+            for (int e = 0; e < n_; ++e)
+                if (watch_.alive(e)) out.push_back(e);
+        return out;
+    }
+
+    // Sends control message m to engine m.engine and names it in rep.engines (with `done`), or
+    // names it in rep.refused when it is not a live engine.
+    void tell(proto::control_reply& rep, const wire::control_msg& m, std::uint64_t done) {
+        const int e = m.engine;
+        if (e < 0 || e >= n_ || !watch_.alive(e)) {
+            rep.refused.push_back("engine " + std::to_string(e) + ": not a live engine");
+            return;
+        }
+        watch_.send(e, m);
+        rep.engines.push_back({e, 0, done, true});
+    }
+
     // rc.send_signal: SIGINT is an interrupt of whatever runs; any other signal goes to the
     // engine processes of r.targets (all live engines when none), from their watch threads.
     void send_signal(const proto::control_request& req) {
@@ -404,52 +423,32 @@ private:
             as_interrupt.ids.clear();
             return interrupt(as_interrupt);
         }
-        std::vector<int> targets(req.r.targets.begin(), req.r.targets.end());
-        if (targets.empty())
-            for (int e = 0; e < n_; ++e)
-                if (watch_.alive(e)) targets.push_back(e);
-        for (int e : targets) {
-            if (e < 0 || e >= n_ || !watch_.alive(e)) {
-                rep.refused.push_back("engine " + std::to_string(e) + ": not a live engine");
-                continue;
-            }
-            watch_.send(e, {wire::control_kind::signal, e, static_cast<std::uint64_t>(sig), 0});
-            rep.engines.push_back({e, 0, 0, true});
-            spdlog::info("client {} sent signal {} to {}", proto::client_of(req.r.id), sig, who(e));
+        for (int e : targets_or_live(req.r.targets)) {
+            tell(rep, {wire::control_kind::signal, e, static_cast<std::uint64_t>(sig), 0}, 0);
+            spdlog::info("client {} sent signal {} to engine {}", proto::client_of(req.r.id), sig, e);
         }
         link_.send(proto::encode(rep));
     }
 
+    // Raise KeyboardInterrupt in running code: requests `ids` (direct ones on r.targets, tasks
+    // wherever they run), or whatever runs on r.targets. Answers which engines were told.
     void interrupt(const proto::control_request& req) {
         proto::control_reply rep;
         rep.id = req.r.id;
-        std::vector<std::pair<int, std::uint64_t>> told;
-        auto tell = [&](int e, std::uint64_t id) {
-            if (e < 0 || e >= n_ || !watch_.alive(e)) {
-                rep.refused.push_back("engine " + std::to_string(e) + ": not a live engine");
-                return;
-            }
-            watch_.send(e, {wire::control_kind::interrupt, e, id, 0});
-            told.emplace_back(e, id);
-        };
-        if (req.ids.empty()) {
-            for (int e : req.r.targets) tell(e, 0);
-            if (req.r.targets.empty())
-                for (int e = 0; e < n_; ++e)
-                    if (watch_.alive(e)) tell(e, 0);
-        }
+        auto interrupt_on = [&](int e, std::uint64_t id) { tell(rep, {wire::control_kind::interrupt, e, id, 0}, id); };
+        if (req.ids.empty())
+            for (int e : targets_or_live(req.r.targets)) interrupt_on(e, 0);
         for (auto id : req.ids) {
             if (proto::client_of(id) != proto::client_of(req.r.id)) {
                 rep.refused.push_back("request " + std::to_string(id) + ": not this client's");
             } else if (auto e = farm_.engine_of(id)) {
-                tell(*e, id);
+                interrupt_on(*e, id);
             } else if (!req.r.targets.empty()) {
-                for (int e : req.r.targets) tell(e, id);
+                for (int e : req.r.targets) interrupt_on(e, id);
             } else {
                 rep.refused.push_back("request " + std::to_string(id) + ": not running on any engine");
             }
         }
-        for (auto [e, id] : told) rep.engines.push_back({e, 0, id, true});
         link_.send(proto::encode(rep));
     }
 
@@ -480,7 +479,7 @@ private:
     //
     // A client holds a lent segment until it returns it: while it reads and keeps results, or
     // while it reads nothing at all (its references then sit in socket buffers, where a few MB
-    // name gigabytes of /dev/shm: 300 replies of 2 MB measured 600 MiB lent). So a client may
+    // name gigabytes of /dev/shm: 300 unread replies of 1 MiB left 600 MiB of segments). So a client may
     // hold at most PCLUSTER_CLIENT_SHM_MIB lent (one reply more when it holds none); beyond,
     // replies go through the bridge, where its reply budget holds it (admission.hpp).
     reply_landing land(std::uint64_t len, const awaited_reply& a) {
