@@ -96,12 +96,15 @@ std::vector<std::uint64_t> admission::engine_died(int e) {
     return ids;
 }
 
-void admission::forget(std::uint32_t client) {
+std::vector<std::uint64_t> admission::forget(std::uint32_t client) {
+    std::vector<std::uint64_t> ids;
     auto it = clients_.find(client);
-    if (it == clients_.end()) return;
+    if (it == clients_.end()) return ids;
+    for (const auto& q : it->second.waiting) ids.push_back(q.r.id);
     waiting_ -= it->second.waiting.size();
     clients_.erase(it);
     dirty_.erase(client);
+    return ids;
 }
 
 std::vector<std::uint64_t> admission::take_all() {

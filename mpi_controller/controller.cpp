@@ -6,6 +6,7 @@
 #include <csignal>
 #include <ctime>
 #include <cstdio>
+#include <cstring>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -31,6 +32,7 @@
 #include "pcluster/protocol/connection_file.hpp"
 #include "pcluster/protocol/shm.hpp"
 #include "requests.hpp"
+#include "result_store.hpp"
 #include "task_farm.hpp"
 
 namespace pcluster::controller {
@@ -131,7 +133,7 @@ public:
                 watch_.send_all_alive({wire::control_kind::rebuild_go, -1, *epoch, static_cast<std::uint64_t>(members)});
                 progress = true;
             }
-            for (auto& r : farm_.take_answers()) link_.send(proto::encode(r));
+            for (auto& r : farm_.take_answers()) to_client(r);
             link_.flush();
             if (progress) {
                 idle.reset();
@@ -230,7 +232,7 @@ private:
     void answer_for(const awaited_reply& a, proto::error_kind kind, const std::string& why) {
         settled(a);
         if (a.internal || a.task) return;  // the task farm answers for tasks
-        link_.send(proto::encode(proto::error_reply(a.id, proto::reply_origin::controller, a.engine, kind, why)));
+        to_client(proto::error_reply(a.id, proto::reply_origin::controller, a.engine, kind, why));
     }
 
     // Engine e died: its waiting requests fail with EngineDied (tasks: retried or failed by the
@@ -255,8 +257,8 @@ private:
         // Requests still waiting here for their client's window: answered for e now, sent to
         // their other targets later.
         for (auto id : gate_.engine_died(e))
-            link_.send(proto::encode(proto::error_reply(id, proto::reply_origin::controller, e, proto::error_kind::engine_died,
-                                                        who(e) + " " + how + " before this request was sent")));
+            to_client(proto::error_reply(id, proto::reply_origin::controller, e, proto::error_kind::engine_died,
+                                         who(e) + " " + how + " before this request was sent"));
         watch_.send_all_alive({wire::control_kind::engine_died, e, fx.collectives_issued, fx.epoch});
         farm_.engine_died(e, how);
         if (!watch_.recovery() && !ended_by_death_) {
@@ -308,27 +310,33 @@ private:
             }
         } catch (const refusal& r) {
             spdlog::warn("refused request {:#x}: {}", r.id, r.what());
-            link_.send(proto::encode(proto::error_reply(r.id, proto::reply_origin::refused, proto::no_engine, r.kind, r.what())));
+            if (r.id) to_client(proto::error_reply(r.id, proto::reply_origin::refused, proto::no_engine, r.kind, r.what()));
+            else link_.send(proto::encode(proto::error_reply(r.id, proto::reply_origin::refused, proto::no_engine, r.kind, r.what())));
             return;
         }
         if (q.type == static_cast<std::uint16_t>(proto::message_type::control_request)) {
             const auto req = proto::decode<proto::control_request>(q.frame.view());
             if (req.action == proto::control_action::interrupt) return interrupt(req);
             if (req.action == proto::control_action::signal) return send_signal(req);
+            if (is_store_action(req.action)) return answer_store(req);
             const auto client = proto::client_of(req.r.id);
             if (req.action == proto::control_action::hold_client) gate_.hold(client);
             if (req.action == proto::control_action::release_client) gate_.release(client);
-            if (req.action == proto::control_action::forget_client) gate_.forget(client);
+            if (req.action == proto::control_action::forget_client)
+                for (auto id : gate_.forget(client))
+                    to_client(proto::error_reply(id, proto::reply_origin::controller, proto::no_engine, proto::error_kind::client_left,
+                                                 "its client disconnected before this request was sent to the engines"));
             if (auto rep = farm_.control(req)) link_.send(proto::encode(*rep));
             return;
         }
+        if (!q.shutdown())
+            store_.submitted(q.r.id, q.type, q.targets, q.task, wall_now(), q.task ? q.frame.bytes : nullptr);
         // Targets that died: answered at once; the request goes to the others.
         for (int t : q.targets)
             if (!watch_.alive(t))
-                link_.send(proto::encode(proto::error_reply(q.r.id, proto::reply_origin::controller, t,
-                                                            proto::error_kind::engine_died,
-                                                            who(t) + " " + engines_[static_cast<std::size_t>(t)].death +
-                                                                " before this request was sent")));
+                to_client(proto::error_reply(q.r.id, proto::reply_origin::controller, t, proto::error_kind::engine_died,
+                                             who(t) + " " + engines_[static_cast<std::size_t>(t)].death +
+                                                 " before this request was sent"));
         if (q.task) {
             farm_.submit(std::move(q));
             return;
@@ -348,9 +356,8 @@ private:
         stopping_since_ = std::chrono::steady_clock::now();
         farm_.abort_all("the job is shutting down");
         for (auto id : gate_.take_all())
-            link_.send(proto::encode(proto::error_reply(id, proto::reply_origin::refused, proto::no_engine,
-                                                        proto::error_kind::job_shutting_down,
-                                                        "the job is shutting down; this request was not sent to the engines")));
+            to_client(proto::error_reply(id, proto::reply_origin::refused, proto::no_engine, proto::error_kind::job_shutting_down,
+                                         "the job is shutting down; this request was not sent to the engines"));
     }
 
     // A shutdown must end within a bound even while engines run code that does not end: after
@@ -452,6 +459,106 @@ private:
         link_.send(proto::encode(rep));
     }
 
+    static double wall_now() {
+        return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    }
+
+    // A reply the controller makes to a client's request (an error: a death, a refusal, an
+    // abort): kept in the store as that request's result, and sent.
+    void to_client(const proto::engine_reply& r) {
+        auto f = proto::encode(r);
+        if (store_.enabled()) {
+            const auto flat = f.flatten();
+            store_.replied(r.id, r.engine, r.origin == proto::reply_origin::refused, {flat.data(), flat.size()}, wall_now());
+        }
+        link_.send(std::move(f));
+    }
+
+    static bool is_store_action(proto::control_action a) {
+        return a == proto::control_action::results || a == proto::control_action::fetch_results ||
+               a == proto::control_action::purge_results || a == proto::control_action::resubmit;
+    }
+
+    // Results by id (result_store.hpp): records, kept replies, purge, resubmit. Any client may
+    // read any request's results: they all hold the job's key.
+    void answer_store(const proto::control_request& req) {
+        proto::control_reply rep;
+        rep.id = req.r.id;
+        std::vector<std::span<const char>> bufs;
+        std::vector<std::shared_ptr<const proto::byte_buffer>> frames;
+        if (!store_.enabled()) {
+            rep.ok = false;
+            rep.message = "this job keeps no results (it was started with PCLUSTER_RESULTS_KEEP=0)";
+        } else if (req.action == proto::control_action::results) {
+            if (req.ids.empty()) rep.records = store_.all();
+            for (auto id : req.ids) rep.records.push_back(store_.record(id));
+        } else if (req.action == proto::control_action::fetch_results) {
+            for (auto id : req.ids) {
+                rep.records.push_back(store_.record(id));
+                for (auto& f : store_.frames(id)) {
+                    bufs.emplace_back(f->data(), f->size());
+                    frames.push_back(std::move(f));
+                }
+            }
+        } else if (req.action == proto::control_action::purge_results) {
+            const std::vector<int> on(req.r.targets.begin(), req.r.targets.end());
+            for (auto id : req.ids.empty() ? store_.finished(on) : req.ids) {
+                if (store_.purge(id)) rep.records.push_back(store_.record(id));
+                else rep.refused.push_back("request " + std::to_string(id) + ": " +
+                                           (store_.record(id).state == proto::result_state::pending ? "still pending" : "not kept"));
+            }
+        } else {
+            resubmit(req, rep);
+        }
+        auto f = proto::encode(rep, bufs);
+        f.keepalive = std::make_shared<decltype(frames)>(std::move(frames));
+        link_.send(std::move(f));
+    }
+
+    // Kept tasks run again under the caller's new ids, as tasks it sent now (checked, scheduled),
+    // without their dependencies (those ran already, or never will).
+    void resubmit(const proto::control_request& req, proto::control_reply& rep) {
+        if (req.ids.size() % 2) {
+            rep.ok = false;
+            rep.message = "resubmit takes pairs of ids: (kept task, new id)";
+            return;
+        }
+        const auto client = proto::client_of(req.r.id);
+        for (std::size_t k = 0; k < req.ids.size(); k += 2) {
+            const auto old_id = req.ids[k], new_id = req.ids[k + 1];
+            if (proto::client_of(new_id) != client) {
+                rep.refused.push_back("request " + std::to_string(new_id) + ": not this client's id");
+                continue;
+            }
+            const auto old = store_.task_request(old_id);
+            if (!old) {
+                const auto r = store_.record(old_id);
+                std::string why = r.state == proto::result_state::pending   ? "it has not finished"
+                                  : r.state == proto::result_state::done    ? (r.type == static_cast<std::uint16_t>(proto::message_type::task_request)
+                                                                                   ? "its request was too large to keep (PCLUSTER_RESULTS_ITEM_KIB)"
+                                                                                   : "only load-balanced tasks can be resubmitted; call a DirectView again")
+                                  : r.state == proto::result_state::unknown ? "the controller never had it"
+                                                                            : "it was dropped from the kept results";
+                to_client(proto::error_reply(new_id, proto::reply_origin::refused, proto::no_engine, proto::error_kind::invalid_task,
+                                             "cannot resubmit request " + std::to_string(old_id) + ": " + why));
+                continue;
+            }
+            const proto::frame_view v(old->data(), old->size());
+            auto t = proto::decode<proto::task_request>(v);
+            t.r.id = new_id;
+            t.r.flags = (t.r.flags & ~proto::reply_by_shm) | (req.r.flags & proto::reply_by_shm);  // the new client's way
+            t.after.clear();
+            t.follow.clear();
+            std::vector<std::span<const char>> payload;
+            for (std::uint32_t i = 0; i < v.nbufs(); ++i) payload.emplace_back(v.data() + v.buf_offset(i), v.buf_len(i));
+            const auto flat = proto::encode(t, payload).flatten();
+            auto bytes = std::make_shared<proto::byte_buffer>(flat.size());
+            std::memcpy(bytes->data(), flat.data(), flat.size());
+            store_.resubmitted(old_id, new_id);
+            accept(proto::received_frame{std::move(bytes)});
+        }
+    }
+
     // The bridge takes replies more slowly than the engines make them (it is short of CPU, or
     // replies are large): they queue here on their way. Meanwhile no request or task goes out,
     // of any client: the bridge can only hold a client that does not read (admission.hpp) over
@@ -497,6 +604,7 @@ private:
                             }
                             // Lent to the client until it hands it back (shm_return). We keep our
                             // mapping: the pages are shared, and taking it back costs nothing.
+                            if (store_.enabled()) store_.replied(a.id, a.engine, false, {seg->map->data(), len}, wall_now());
                             lent_bytes_[client] += seg->map->size();
                             lent_.emplace(seg->path, lent_segment{*seg, client});
                             link_.send(proto::encode(proto::shm_frame{a.id, seg->path, len, true}));
@@ -509,6 +617,7 @@ private:
         return {bytes->data(), [this, bytes, a, len] {
                     if (a.internal) return;
                     if (a.task && !farm_.on_reply(a.id, a.engine, proto::frame_view(bytes->data(), len))) return;
+                    if (store_.enabled()) store_.replied(a.id, a.engine, false, {bytes->data(), len}, wall_now(), bytes);
                     link_.send_raw(bytes);
                 }};
     }
@@ -536,6 +645,7 @@ private:
     engine_watch watch_;
     task_farm farm_;
     admission gate_;  // direct and collective requests: each client's window and hold
+    result_store store_{store_limits::from_settings()};  // results by id (rc.get_result, reconnect)
     static constexpr std::uint64_t link_high_ = std::uint64_t{8} << 20;  // see link_behind
     bool link_behind_ = false;
     proto::shm_pool reply_pool_;                  // reply segments ready for reuse

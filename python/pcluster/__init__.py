@@ -11,9 +11,11 @@ from .error import (
     NoJobError,
     PclusterError,
     RemoteError,
+    ResultUnavailable,
     TaskError,
 )
 from .error import _KIND_CLASSES as _kinds
+from .hub import AsyncHubResult
 from .lbview import LoadBalancedView
 from .mapresult import AsyncMapResult
 from .references import Reference, depend, require
@@ -38,6 +40,8 @@ __all__ = [cls.__name__ for cls in _kinds.values()] + [
     "EngineError",
     "AsyncMapResult",
     "AsyncResult",
+    "AsyncHubResult",
+    "ResultUnavailable",
     "DependencyError",
     "LoadBalancedView",
     "TaskError",

@@ -155,6 +155,7 @@ class AsyncResult(concurrent.futures.Future):
 
     def _resolve(self, replies):
         if replies and replies[0].control is not None:  # the controller's own answer (control_reply)
+            self._replies = {"controller": replies[0]}  # its buffers: kept results (pcluster.hub)
             try:
                 self.set_result(replies[0].control)
             except concurrent.futures.InvalidStateError:

@@ -11,7 +11,7 @@ import threading
 import time
 import weakref
 
-from . import _core
+from . import _core, hub
 from .asyncresult import AsyncResult, _timeout_arg
 from .error import AuthenticationError, CompositeError, EngineError, JobEndedError, NoJobError
 from .view import DirectView
@@ -171,7 +171,11 @@ class Client:
         self._events_lock = threading.Lock()
         self._deaths_to_tell = collections.deque()  # (id, how) for the result thread's callbacks
         self.ctrl_c_interrupts = _core.setting("PCLUSTER_CTRL_C_INTERRUPTS")
-        self.block = True
+        # ipyparallel's Client.block: whether get_result and resubmit wait (views carry their own).
+        self.block = False
+        self.history = []  # msg_ids of the requests this client sent, oldest first (ipyparallel's rc.history)
+        self._by_id = weakref.WeakValueDictionary()  # msg_id -> its AsyncResult while anyone holds it
+        self._hub = hub.Hub(self)
         # What requests print on the engines comes back with their results (ar.stdout, %px).
         self.capture_output = True
         # Shared by this client's AsyncResults (see AsyncResult.__init__).
@@ -324,6 +328,9 @@ class Client:
             msg_id = _request_id(self._client_no, self._issued)
         ar = AsyncResult(self, msg_id, ar_targets, method, **ar_args)
         self._pending[msg_id] = ar
+        if method != "control":
+            self.history.append(msg_id)
+            self._by_id[msg_id] = ar
         try:
             self._conn.send(msg, bufs, direct, msg_id, wire_targets, self._capture_flag, len(ar_targets), deaths_seen)
         except ConnectionError as e:
@@ -357,10 +364,152 @@ class Client:
         ar._is_task = True
         return ar
 
+    def _control_async(self, action, ids=(), targets=()):
+        """A request the controller answers itself: its AsyncResult (the control_reply)."""
+        msg = _core.control_request(action=action, ids=list(ids))
+        return self._new_request(msg, [], list(targets), ["controller"], "control", True, single=True)
+
     def _control(self, action, ids=(), targets=()):
         """A request the controller answers itself; its control_reply."""
-        msg = _core.control_request(action=action, ids=list(ids))
-        return self._new_request(msg, [], list(targets), ["controller"], "control", True, single=True).get(30)
+        return self._control_async(action, ids, targets).get(30)
+
+    # --- results by id (pcluster.hub: the controller keeps them, bounded) ---
+    def _ids_from(self, x):
+        """Request ids from history indices (ints below 2**32, -1 the newest), msg_ids (ints or
+        their strings), AsyncResults, or a list of those."""
+        if isinstance(x, (list, tuple, set)):
+            return [i for y in x for i in self._ids_from(y)]
+        if isinstance(x, numbers.Integral) and not isinstance(x, bool) and -2**32 < x < 2**32:
+            try:
+                return [self.history[int(x)]]
+            except IndexError:
+                raise IndexError(f"no request {x} in this client's history ({len(self.history)} sent)") from None
+        return hub.msg_ids_of(x)
+
+    @property
+    def results(self):
+        """{msg_id: result} of this client's finished requests (rc.history): the value, or the
+        exception it raised. Any request id of the job may be looked up (rc.results[id])."""
+        return hub.ResultsView(self, "result")
+
+    @property
+    def metadata(self):
+        """{msg_id: metadata dict} as rc.results: engine_id, submitted, started, completed,
+        status, stdout, stderr, execute_result, error."""
+        return hub.ResultsView(self, "metadata")
+
+    def get_result(self, indices_or_msg_ids=None, block=None, owner=True):
+        """The result of requests by history index (-1: the newest, the default), msg_id or
+        AsyncResult, also of another client's requests and of an earlier connection's (after its
+        process died): an AsyncHubResult (get() waits; a pending one is looked at again until
+        done), or its value when blocking (block=None: rc.block). One id gives its value, a list
+        a list. A result the job no longer keeps raises ResultUnavailable saying why."""
+        x = -1 if indices_or_msg_ids is None else indices_or_msg_ids
+        ids = self._ids_from(x)
+        single = len(ids) == 1 and not isinstance(x, (list, tuple, set))
+        ar = hub.AsyncHubResult(self, ids, single)
+        return ar.get() if (self.block if block is None else block) else ar
+
+    def result_status(self, msg_ids, status_only=True):
+        """{'pending': [...], 'completed': [...], 'dropped': [...]} for these requests (dropped:
+        no longer kept, or purged); with status_only=False also each completed one's result by
+        id. Ids the job never had raise ResultUnavailable."""
+        ids = self._ids_from(msg_ids)
+        out = {"pending": [], "completed": [], "dropped": []}
+        unknown = []
+        for rec in self._hub.records(ids):
+            st = rec.state
+            if st == _core.result_state.unknown:
+                unknown.append(rec.id)
+            else:
+                out["pending" if st == _core.result_state.pending else "completed" if st == _core.result_state.done
+                    else "dropped"].append(rec.id)
+        if unknown:
+            from .error import ResultUnavailable
+
+            raise ResultUnavailable(f"no request with id(s) {unknown} reached this job (or too long ago to say)")
+        if not status_only and out["completed"]:
+            ar = hub.AsyncHubResult(self, out["completed"], single=False)
+            ar.wait(30)
+            out.update({i: (v if k == "ok" else v) for i, (k, v) in ar._values.items()})
+        return out
+
+    def hub_history(self):
+        """Ids of every request the job keeps a record of (any client's), oldest first."""
+        return [r.id for r in self._hub.records()]
+
+    def db_query(self, query, keys=None):
+        """ipyparallel's db_query over the job's kept results (pcluster.hub.db_query)."""
+        return hub.db_query(self, query, keys)
+
+    def resubmit(self, indices_or_msg_ids=None, block=None):
+        """Run finished load-balanced tasks again (any client's, kept by the job), as new tasks of
+        this client without their dependencies: an AsyncHubResult over the new ids (their values
+        when blocking). A task that cannot run again (not a task, not finished, not kept) fails
+        with InvalidTask saying why."""
+        x = -1 if indices_or_msg_ids is None else indices_or_msg_ids
+        old = self._ids_from(x)
+        pairs, ars = [], []
+        for i in old:
+            with self._lock:
+                self._issued = next(self._seq)
+                new = _request_id(self._client_no, self._issued)
+            ar = AsyncResult(self, new, [None], "apply", single=True)
+            ar._is_task = True
+            self._pending[new] = ar
+            self.history.append(new)
+            self._by_id[new] = ar
+            self._conn.expect(new, 1)
+            pairs += [i, new]
+            ars.append(ar)
+        rep = self._control(_core.control_action.resubmit, pairs)
+        if not rep.ok or rep.refused:
+            raise ValueError(rep.message or "; ".join(rep.refused))
+        single = len(old) == 1 and not isinstance(x, (list, tuple, set))
+        out = hub.AsyncHubResult(self, [a.msg_id for a in ars], single)
+        return out.get() if (self.block if block is None else block) else out
+
+    def purge_results(self, jobs=(), targets=()):
+        """Forget kept results in the job: jobs='all' (every finished request), ids/AsyncResults,
+        and/or the engines `targets` (requests that ran there). Pending ones cannot be purged
+        (ValueError naming them, after the others were)."""
+        if jobs == "all":
+            ids, targets = [], ()
+        else:
+            ids = self._ids_from(list(jobs) if isinstance(jobs, (list, tuple, set)) else [jobs]) if jobs else []
+            if not ids and not targets:
+                raise ValueError("purge_results: name jobs (ids, or 'all') and/or targets (engines)")
+        engines = [] if not targets else self._resolve(targets) if targets != "all" else list(self._engines)
+        if jobs != "all" and not ids and not engines:
+            return
+        rep = self._control(_core.control_action.purge_results, ids, engines)
+        if rep.refused:
+            raise ValueError("purge_results: " + "; ".join(rep.refused))
+
+    purge_hub_results = purge_results
+
+    def purge_local_results(self, jobs=(), targets=()):
+        """Forget results here: jobs='all', ids, or AsyncResults (and/or those of engines
+        `targets`) leave rc.history, rc.results and rc.metadata (the job keeps its copy)."""
+        if jobs == "all":
+            self.history.clear()
+            self._by_id.clear()
+            return
+        drop = set(self._ids_from(list(jobs) if isinstance(jobs, (list, tuple, set)) else [jobs])) if jobs else set()
+        if targets:
+            on = set(self._resolve(targets))
+            for i in self.history:
+                ar = self._by_id.get(i)
+                if ar is not None and ar.done() and set(ar._targets) & on:
+                    drop.add(i)
+        self.history[:] = [i for i in self.history if i not in drop]
+        for i in drop:
+            self._by_id.pop(i, None)
+
+    def purge_everything(self):
+        """purge_results('all') and purge_local_results('all')."""
+        self.purge_results("all")
+        self.purge_local_results("all")
 
     def send_signal(self, sig, targets=None, block=None):
         """Send signal `sig` to the engine processes `targets` (default: every live engine), as

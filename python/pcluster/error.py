@@ -17,6 +17,12 @@ class AuthenticationError(PclusterError, PermissionError):
     """The job refused the key from the connection file."""
 
 
+class ResultUnavailable(PclusterError, LookupError):
+    """A result asked for by id that the job does not hold: never submitted, dropped from the
+    controller's kept results (PCLUSTER_RESULTS_KEEP / _MIB), purged, or too large to keep
+    (PCLUSTER_RESULTS_ITEM_KIB). The message says which."""
+
+
 class RemoteError(PclusterError):
     """An exception raised on an engine.
 

@@ -308,6 +308,7 @@ void connection::file(proto::received_frame f) {
             r->control = proto::decode<proto::control_reply>(v);
             r->meta.id = r->control->id;
             r->meta.origin = proto::reply_origin::controller;
+            if (v.nbufs()) r->frame = std::move(f);  // kept results (fetch_results): reply::stored
             table_.file_reply(std::move(r));
             return;
         }

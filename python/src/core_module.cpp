@@ -243,7 +243,17 @@ PYBIND11_MODULE(_core, m) {
         .value("interrupt", proto::control_action::interrupt)
         .value("hold_client", proto::control_action::hold_client)
         .value("release_client", proto::control_action::release_client)
-        .value("signal", proto::control_action::signal);
+        .value("signal", proto::control_action::signal)
+        .value("results", proto::control_action::results)
+        .value("fetch_results", proto::control_action::fetch_results)
+        .value("purge_results", proto::control_action::purge_results)
+        .value("resubmit", proto::control_action::resubmit);
+    py::enum_<proto::result_state>(m, "result_state")
+        .value("pending", proto::result_state::pending)
+        .value("done", proto::result_state::done)
+        .value("dropped", proto::result_state::dropped)
+        .value("purged", proto::result_state::purged)
+        .value("unknown", proto::result_state::unknown);
     py::enum_<proto::reply_status>(m, "reply_status").value("ok", proto::reply_status::ok).value("error", proto::reply_status::error);
     py::enum_<proto::reply_origin>(m, "reply_origin")
         .value("engine", proto::reply_origin::engine)
@@ -266,6 +276,8 @@ PYBIND11_MODULE(_core, m) {
     bind_struct<proto::route>(m, "route");
     bind_struct<proto::engine_info>(m, "engine_info");
     bind_struct<proto::engine_queue>(m, "engine_queue");
+    bind_struct<proto::stored_reply>(m, "stored_reply");
+    bind_struct<proto::result_record>(m, "result_record");
     py::list message_names, request_names;
     proto::for_each_message([&](auto tag) {
         using T = decltype(tag);
@@ -275,6 +287,12 @@ PYBIND11_MODULE(_core, m) {
         if (proto::is_request(type)) request_names.append(proto::type_name(type));
     });
     m.attr("messages") = message_names;
+    py::dict message_numbers;  // name -> wire type number (result records name their request's)
+    proto::for_each_message([&](auto tag) {
+        const auto type = static_cast<std::uint16_t>(proto::type_of<decltype(tag)>::value);
+        message_numbers[py::str(proto::type_name(type))] = type;
+    });
+    m.attr("message_numbers") = message_numbers;
     m.attr("requests") = request_names;  // the messages that start with a route
     m.def("error_reply",
           [](std::uint64_t id, proto::reply_origin origin, std::int32_t engine, proto::error_kind kind, std::string ename,
@@ -333,6 +351,20 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("execute_result", [](const reply& r) -> py::object {
             if (!r.meta.execute_result) return py::none();
             return py::str(*r.meta.execute_result);
+        })
+        .def("stored", [](const reply& r, std::uint32_t k) {
+            // Buffer k of a fetch_results answer: one kept engine_reply frame, as its own reply
+            // (copied out: a fetch is rare, and the copy owns its bytes like any reply).
+            auto v = r.frame.bytes ? std::optional(r.frame.view()) : std::nullopt;
+            if (!v || k >= v->nbufs()) throw py::index_error("no kept reply " + std::to_string(k) + " in this answer");
+            auto bytes = std::make_shared<proto::byte_buffer>(std::max<std::uint64_t>(v->buf_len(k), 1));
+            std::memcpy(bytes->data(), v->data() + v->buf_offset(k), v->buf_len(k));
+            auto out = std::make_shared<reply>();
+            out->frame.bytes = std::move(bytes);
+            auto inner = out->frame.view();
+            if (!proto::is(inner, proto::message_type::engine_reply)) throw proto::frame_error("a kept result is not an engine_reply");
+            out->meta = proto::decode<proto::engine_reply>(inner);
+            return std::shared_ptr<reply>(std::move(out));
         })
         .def("buffers", [](const reply& r) {
             if (!r.frame.bytes) return py::list();
@@ -414,6 +446,9 @@ PYBIND11_MODULE(_core, m) {
             py::arg("id"), py::arg("n"), py::arg("timeout"))
         .def("take_output", [](connection& c, std::uint64_t id) { return output_list(c.requests().take_output(id)); })
         .def("take_events", [](connection& c) { return c.requests().take_events(); })
+        // Registers request `id` (one this client numbered but does not send itself: a task the
+        // controller resubmits for it) so its `replies` replies are filed.
+        .def("expect", [](connection& c, std::uint64_t id, std::size_t replies) { c.requests().add(id, replies); })
         .def("release", &connection::release)
         .def_property_readonly("closed", [](connection& c) { return c.requests().closed(); })
         .def_property_readonly("close_reason", [](connection& c) { return c.requests().close_reason(); })

@@ -93,7 +93,7 @@ TEST_CASE("admission: a client that leaves takes its waiting requests; a stop ta
     CHECK_FALSE(a.offer(req(1, 2, {0}), alive3));
     CHECK(a.offer(req(2, 1, {0}), alive3));
     CHECK_FALSE(a.offer(req(2, 2, {0}), alive3));
-    a.forget(1);
+    CHECK(a.forget(1) == std::vector<std::uint64_t>{request_id(1, 2)});  // to be answered (ClientLeft)
     CHECK(a.waiting() == 1);
     a.answered(request_id(1, 1), 0);  // a reply for a client gone: ignored
     CHECK(a.take_ready(alive3).empty());

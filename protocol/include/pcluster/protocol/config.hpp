@@ -50,6 +50,12 @@ namespace pcluster::config {
       "requests of one client sent to one engine and not yet answered; more wait in the controller")             \
     X(client_shm_mib, "PCLUSTER_CLIENT_SHM_MIB", integer, "1024", 0, 1e7, "controller",                            \
       "MiB of reply segments in /dev/shm one local client may hold; beyond, its replies come through the bridge") \
+    X(results_keep, "PCLUSTER_RESULTS_KEEP", integer, "10000", 0, 1e8, "controller",                             \
+      "finished requests whose results the controller keeps for rc.get_result and a client that reconnects (oldest dropped first; 0: none)") \
+    X(results_mib, "PCLUSTER_RESULTS_MIB", integer, "256", 0, 1e7, "controller",                                  \
+      "MiB those kept results may take (oldest dropped first)")                                                  \
+    X(results_item_kib, "PCLUSTER_RESULTS_ITEM_KIB", integer, "1024", 0, 1e9, "controller",                       \
+      "KiB of one engine's reply beyond which it is not kept (its record says so); a large reply kept costs a copy") \
     X(shutdown_grace_s, "PCLUSTER_SHUTDOWN_GRACE_S", number, "10", 0, 86400, "controller",                        \
       "s running code may finish after a shutdown; then it is interrupted, and 5 s later the engines exit")   \
     X(ctrl_c_interrupts, "PCLUSTER_CTRL_C_INTERRUPTS", flag, "0", 0, 1, "client",                                 \

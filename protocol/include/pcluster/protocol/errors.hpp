@@ -29,7 +29,9 @@ namespace pcluster::protocol {
     X(invalid_dependency, "InvalidDependency", "DependencyError", "a dependency names a task the controller does not know") \
     X(unmet_dependency, "UnmetDependency", "DependencyError",                                                  \
       "the function's condition (pcluster.depend) is false on this engine; a task is tried on another")       \
-    X(invalid_task, "InvalidTask", "TaskError", "the task itself is invalid (id in use, engine, retries)")
+    X(invalid_task, "InvalidTask", "TaskError", "the task itself is invalid (id in use, engine, retries; resubmit of a task not kept)") \
+    X(client_left, "ClientLeft", "RemoteError",                                                                \
+      "its client disconnected while the request waited in the controller; it was not sent to the engines")
 
 // none: not made by pcluster - user code on the engine raised `ename`.
 enum class error_kind : std::uint8_t {

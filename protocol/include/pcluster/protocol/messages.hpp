@@ -231,6 +231,17 @@ struct task_request {
 //   interrupt:     raise KeyboardInterrupt in the code running for requests `ids` (the caller's
 //                  own: direct requests on r.targets, tasks wherever they run), or in whatever
 //                  runs on r.targets when `ids` is empty. Answered with which engines were told.
+//   results:       the records (result_record) of requests `ids`, of any client, in that order;
+//                  of every request the controller keeps when `ids` is empty. No replies.
+//   fetch_results: the records of `ids` and, as this reply's buffers, their kept engine_reply
+//                  frames (record by record, each record's kept replies in its order).
+//   purge_results: forget the finished requests `ids`; with no ids, every finished one (only
+//                  those that ran on r.targets when it names engines). Pending ones are named in
+//                  `refused`; the records answer those purged.
+//   resubmit:      ids = [old, new, old, new, ...]: run kept task `old` again as the caller's new
+//                  task `new` (same function and arguments, engines, retries; no dependencies).
+//                  `new` gets its reply as any task, or an error reply saying why it cannot run.
+// The kept results: mpi_controller/result_store.hpp.
 enum class control_action : std::uint8_t {
     abort = 0,
     queue_status = 1,
@@ -239,6 +250,10 @@ enum class control_action : std::uint8_t {
     hold_client = 4,
     release_client = 5,
     signal = 6,
+    results = 7,
+    fetch_results = 8,
+    purge_results = 9,
+    resubmit = 10,
 };
 // Actions only the bridge may send; it refuses them from a client.
 constexpr bool bridge_only(control_action a) {
@@ -259,6 +274,34 @@ struct engine_queue {
     PCLUSTER_FIELDS(engine_queue, engine, assigned, done, alive)
 };
 
+// What the controller knows of a request's results (control_action::results, fetch_results).
+enum class result_state : std::uint8_t {
+    pending = 0,  // accepted; not every reply is in
+    done = 1,     // every reply is in (kept, or too large to keep: stored_reply.kept)
+    dropped = 2,  // it was done, and was dropped to keep the store in its bounds
+    purged = 3,   // a client purged it (purge_results)
+    unknown = 4,  // no request of that id reached the controller (or too long ago to say)
+};
+struct stored_reply {
+    std::int32_t engine = -1;  // no_engine: a reply made for the whole request
+    std::uint64_t size = 0;  // the engine_reply frame's bytes
+    bool kept = false;       // false: larger than PCLUSTER_RESULTS_ITEM_KIB, only its record kept
+    PCLUSTER_FIELDS(stored_reply, engine, size, kept)
+};
+struct result_record {
+    std::uint64_t id = 0;
+    result_state state = result_state::unknown;
+    std::uint16_t type = 0;  // the request's message_type (a task: task_request)
+    std::vector<std::int32_t> targets;  // engines it waits for, in order (a task: where it ran)
+    double submitted = 0;               // controller wall clock, seconds since the epoch
+    double completed = 0;               // when its last reply came in; 0 while pending
+    std::vector<stored_reply> replies;  // in the order they came
+    bool resubmittable = false;         // a task whose request is kept
+    std::uint64_t resubmitted_as = 0;   // the newest resubmit of it, if any
+    PCLUSTER_FIELDS(result_record, id, state, type, targets, submitted, completed, replies, resubmittable,
+                    resubmitted_as)
+};
+
 struct control_reply {
     std::uint64_t id = 0;
     bool ok = true;
@@ -268,7 +311,8 @@ struct control_reply {
     std::vector<engine_queue> engines;
     std::uint64_t unassigned = 0;  // accepted, not yet sent (waiting ones included)
     std::uint64_t waiting = 0;     // of those, waiting for dependencies
-    PCLUSTER_FIELDS(control_reply, id, ok, message, aborted, refused, engines, unassigned, waiting)
+    std::vector<result_record> records;  // results, fetch_results, purge_results
+    PCLUSTER_FIELDS(control_reply, id, ok, message, aborted, refused, engines, unassigned, waiting, records)
 };
 
 enum class reply_status : std::uint8_t { ok = 0, error = 1 };
