@@ -16,7 +16,7 @@ from .error import (
 )
 from .error import _KIND_CLASSES as _kinds
 from .hub import AsyncHubResult
-from .lbview import LoadBalancedView
+from .lbview import Dependency, LoadBalancedView
 from .mapresult import AsyncMapResult
 from .references import Reference, depend, require
 from .remotefunction import ParallelFunction, RemoteFunction, ViewExecutor, parallel, remote
@@ -42,6 +42,7 @@ __all__ = [cls.__name__ for cls in _kinds.values()] + [
     "AsyncResult",
     "AsyncHubResult",
     "ResultUnavailable",
+    "Dependency",
     "DependencyError",
     "LoadBalancedView",
     "TaskError",

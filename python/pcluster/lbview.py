@@ -30,10 +30,11 @@ _FLAGS = ("after", "follow", "retries", "timeout", "targets")
 
 
 def _task_ids(deps):
-    """Ids of the tasks behind dependencies: AsyncResults, AsyncMapResults, ids, or lists."""
+    """Ids of the tasks behind dependencies: AsyncResults, AsyncMapResults, ids (ints, or their
+    strings as ipyparallel's msg_ids are), or lists."""
     if deps is None:
         return []
-    if isinstance(deps, (AsyncResult, AsyncMapResult)) or isinstance(deps, numbers.Integral):
+    if isinstance(deps, (AsyncResult, AsyncMapResult, numbers.Integral, str)):
         deps = [deps]
     ids = []
     for d in deps:
@@ -48,11 +49,49 @@ def _task_ids(deps):
             ids.append(d.msg_id)
         elif isinstance(d, numbers.Integral):
             ids.append(int(d))
+        elif isinstance(d, str):
+            if not d.strip().isdigit():
+                raise ValueError(f"not a task id: {d!r} (pcluster's msg_ids are whole numbers: ar.msg_id)")
+            ids.append(int(d))
         elif isinstance(d, (list, tuple, set)):
             ids.extend(_task_ids(list(d)))
         else:
             raise TypeError(f"a dependency is an AsyncResult or a task id, not {type(d).__name__}")
     return ids
+
+
+def _dependency_mode(deps, flag):
+    """Whether a failed dependency still counts as met (after=Dependency(..., failure=True)).
+    The scheduler waits for all dependencies, met by success (or, for after=, by either outcome):
+    the other kinds of ipyparallel's Dependency are refused here, naming what works."""
+    if not isinstance(deps, Dependency):
+        return False
+    if not deps.all:
+        raise ValueError(f"{flag}=Dependency(..., all=False) (any one of them) is not supported: a task waits for "
+                         f"all of its dependencies; split the work, or wait for the first with rc.wait(...) first")
+    if not deps.success:
+        raise ValueError(f"{flag}=Dependency(..., success=False) (met only by failure) is not supported; "
+                         f"after=Dependency(ids, failure=True) runs once they finished either way")
+    if deps.failure and flag == "follow":
+        raise ValueError("follow=Dependency(..., failure=True) is not supported: follow needs the task's "
+                         "engine, which a failed dependency may have lost; use after=")
+    return bool(deps.failure)
+
+
+class Dependency(set):
+    """ipyparallel's Dependency: a set of task ids (AsyncResults, ids) for after=/follow=, with
+    all= (wait for all; False is refused), success= and failure= (whether a dependency that
+    finished with that outcome counts as met: after=Dependency(ids, failure=True) runs once they
+    all finished, whatever their outcome)."""
+
+    def __init__(self, dependencies=(), all=True, success=True, failure=False):
+        super().__init__(_task_ids(list(dependencies) if isinstance(dependencies, (set, frozenset)) else dependencies))
+        self.all = all
+        self.success = success
+        self.failure = failure
+
+    def __repr__(self):
+        return f"Dependency({sorted(self)}, all={self.all}, success={self.success}, failure={self.failure})"
 
 
 class LoadBalancedView(ViewCalls):
@@ -111,14 +150,18 @@ class LoadBalancedView(ViewCalls):
         if not isinstance(r, numbers.Integral) or r < 0:
             raise ValueError(f"retries must be a whole number >= 0, not {r!r}")
         t = self.timeout if timeout is None else timeout
-        after = self._checked_deps(self.after if after is None else after)
-        follow = self._checked_deps(self.follow if follow is None else follow)
+        after = self.after if after is None else after
+        follow = self.follow if follow is None else follow
+        failure_ok = _dependency_mode(after, "after")
+        _dependency_mode(follow, "follow")
+        after = self._checked_deps(after)
+        follow = self._checked_deps(follow)
         timeout = 0.0 if t is None or t < 0 else float(t)
         if not (after or follow or r or timeout or return_exceptions):
             msg = _PLAIN_TASK[kind]  # sent as a copy: one prebuilt message serves every plain task
         else:
             msg = _core.task_request(kind=kind, after=after, follow=follow, retries=int(r), timeout=timeout,
-                                     return_exceptions=return_exceptions)
+                                     return_exceptions=return_exceptions, after_failure_ok=failure_ok)
         return self.client._submit_task(msg, bufs, self.targets, method)
 
     def _checked_deps(self, deps):

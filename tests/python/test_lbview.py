@@ -850,3 +850,29 @@ def test_idle_engines_take_turns_and_a_busy_engine_is_passed_over(rc):
     got = [lv.apply_sync(where) for _ in range(6)]
     assert 0 not in got and sorted(set(got)) == rc.ids[1:], got
     busy.get(30)
+
+
+# --------------------------------------------------------------------------- ipyparallel's Dependency
+def test_dependency_objects_and_string_ids(lv):
+    """ipp.Dependency(ids, all=, success=, failure=) in after=/follow=, and msg_ids given as the
+    strings ipyparallel uses."""
+    bad = lv.apply(boom, 1)
+    good = lv.apply(add, 1)
+    assert raises_remote(bad).ename == "ValueError"
+    # failure=True: met once they finished, whatever their outcome
+    after_either = lv.apply(add, 2, after=pcluster.Dependency([bad, good], failure=True))
+    assert after_either.get(T) == 2
+    # the default (success only) fails with the failed dependency
+    dep = pcluster.Dependency([bad])
+    assert dep == {bad.msg_id} and (dep.all, dep.success, dep.failure) == (True, True, False)
+    assert raises_remote(lv.apply(add, 3, after=dep), DependencyError).ename == "DependencyFailed"
+    assert lv.apply(add, 4, after=str(good.msg_id)).get(T) == 4
+    assert lv.apply(add, 5, follow=pcluster.Dependency(str(good.msg_id))).get(T) == 5
+    with pytest.raises(ValueError, match=r"all=False\) \(any one of them\) is not supported"):
+        lv.apply(add, 6, after=pcluster.Dependency([good], all=False))
+    with pytest.raises(ValueError, match="success=False"):
+        lv.apply(add, 6, after=pcluster.Dependency([good], success=False, failure=True))
+    with pytest.raises(ValueError, match="follow=Dependency"):
+        lv.apply(add, 6, follow=pcluster.Dependency([good], failure=True))
+    with pytest.raises(ValueError, match="not a task id"):
+        lv.apply(add, 6, after="abc")
