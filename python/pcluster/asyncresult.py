@@ -251,10 +251,20 @@ class AsyncResult(concurrent.futures.Future):
         """Wait up to timeout seconds (-1/None: no limit); returns ready()."""
         return self._collect(_timeout_arg(timeout))
 
-    def get(self, timeout=-1):
-        """The result; raises TimeoutError if it is not ready within timeout seconds."""
+    def get(self, timeout=-1, return_exceptions=False):
+        """The result; raises TimeoutError if it is not ready within timeout seconds.
+        return_exceptions=True (ipyparallel's): an engine's error is returned in its place (a
+        request to several engines: the list with each engine's value or exception) instead of
+        raised."""
         if not self._blocking_wait(_timeout_arg(timeout)):
             raise TimeoutError(f"result of {self._method} not ready after {timeout} s (the work goes on; call get() again)")
+        if return_exceptions:
+            exc = super().exception(0)
+            if exc is not None:
+                if isinstance(exc, CompositeError) and self._replies and not self._single and self._post is None:
+                    return [from_reply(r, self._method) if not r.ok else serialize.loads(r.buffers())
+                            for r in (self._replies[t] for t in self._targets)]
+                return exc
         return super().result(0)
 
     def result(self, timeout=None):
@@ -317,6 +327,38 @@ class AsyncResult(concurrent.futures.Future):
         if self._flat or len(res) != len(self._targets):
             raise ValueError("this result is not one value per engine")
         return dict(zip(self._targets, res))
+
+    @property
+    def result_dict(self):
+        """get_dict(), as a property (ipyparallel)."""
+        return self.get_dict()
+
+    @property
+    def sent(self):
+        """Whether the request has left this process's hands: always True once the call returned
+        (a small frame is copied, a large one written or put in shared memory before it returns),
+        so arrays sent may be changed at once. ipyparallel's track=True / wait_for_send have
+        nothing to wait for here."""
+        return True
+
+    def wait_for_send(self, timeout=-1):
+        """Returns at once: see `sent`."""
+        return None
+
+    # Metadata fields read as attributes, as ipyparallel's AsyncResult.__getattr__ does.
+    _METADATA_ATTRS = frozenset({"submitted", "started", "completed", "received", "status", "error"})
+
+    def __getattr__(self, name):
+        if name in AsyncResult._METADATA_ATTRS:
+            return self[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def timedelta(self, start, end, start_key=min, end_key=max):
+        """Seconds from start_key(start) to end_key(end), each an epoch time or a list of them
+        (e.g. ar.timedelta(ar.submitted, ar.completed))."""
+        def one(x, key):
+            return key(x) if isinstance(x, (list, tuple)) else x
+        return one(end, end_key) - one(start, start_key)
 
     def __await__(self):
         return asyncio.wrap_future(self).__await__()
@@ -437,17 +479,22 @@ class AsyncResult(concurrent.futures.Future):
         end = self._received if self.done() and self._received else time.time()
         return end - self._submitted
 
+    def _check_ready(self, what):
+        if not self.ready():
+            raise TimeoutError(f"{what}: {self._method} has not finished yet (wait for it first)")
+
     @property
     def wall_time(self):
-        """Seconds from the first engine starting to the last finishing."""
-        self.wait()
-        rs = list(self._replies.values())
-        return max(r.completed for r in rs) - min(r.started for r in rs) if rs else 0.0
+        """Seconds from submission until the last reply was received, as ipyparallel's
+        (timedelta(submitted, received)); TimeoutError until done. The engines' own span is
+        ar.timedelta(ar.started, ar.completed)."""
+        self._check_ready("wall_time")
+        return (self._received or self._submitted) - self._submitted
 
     @property
     def serial_time(self):
-        """Sum of the engines' run times."""
-        self.wait()
+        """Sum of the engines' run times; TimeoutError until done (as ipyparallel)."""
+        self._check_ready("serial_time")
         return sum(r.completed - r.started for r in self._replies.values())
 
     @property

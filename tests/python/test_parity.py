@@ -307,3 +307,32 @@ def test_importer_is_sync_imports_here_and_there(rc):
     with dv.importer:
         import colorsys  # noqa: F401 - imported here and on every engine
     assert dv.apply_sync(lambda: "colorsys" in globals()) == [True] * len(rc.ids)
+
+
+def test_asyncresult_extras_of_ipyparallel(rc):
+    """get(return_exceptions=True), sent/wait_for_send, metadata as attributes, timedelta,
+    result_dict, wall_time/serial_time raising TimeoutError until done."""
+    import time as _time
+
+    dv = rc[:]
+    ar = dv.apply_async(__import__("os").getpid)
+    assert ar.sent is True and ar.wait_for_send() is None
+    ar.get(30)
+    assert ar.result_dict == dict(zip(rc.ids, ar.get()))
+    assert len(ar.started) == len(rc.ids) and all(s <= c for s, c in zip(ar.started, ar.completed))
+    assert ar.timedelta(ar.submitted, ar.received) == ar.wall_time >= ar.timedelta(ar.started, ar.completed) >= 0
+    assert ar.status == ["ok"] * len(rc.ids)
+
+    first = rc.ids[0]
+    one_bad = rc[rc.ids[:2]].execute(f"import pcluster.engine\nif pcluster.engine.engine_id == {first}: 1/0", block=False)
+    got = one_bad.get(30, return_exceptions=True)
+    assert len(got) == 2 and isinstance(got[0], ipp.RemoteError) and got[1] is None
+    single = rc[rc.ids[0]].apply_async(lambda: 1 / 0)
+    assert isinstance(single.get(30, return_exceptions=True), ipp.RemoteError)
+    slow = rc[rc.ids[0]].apply_async(_time.sleep, 1)
+    with pytest.raises(TimeoutError, match="wall_time: apply has not finished"):
+        slow.wall_time
+    with pytest.raises(TimeoutError, match="serial_time"):
+        slow.serial_time
+    slow.get(30)
+    assert slow.wall_time >= 1 and slow.serial_time >= 0.99
