@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <unordered_map>
 #include <optional>
@@ -238,7 +239,8 @@ private:
     // Engine e died: its waiting requests fail with EngineDied (tasks: retried or failed by the
     // farm), the survivors rebuild their communicators, every client hears of it, and without
     // recovery the bridge learns why mpirun is about to end the job.
-    void engine_died(int e, const std::string& how) {
+    void engine_died(int e, const std::string& how_seen) {
+        const std::string how = stopped_.count(e) ? "was shut down by a client (rc.shutdown(targets=...))" : how_seen;
         auto& info = engines_[static_cast<std::size_t>(e)];
         info.alive = false;
         deaths_.push_back(e);
@@ -318,6 +320,7 @@ private:
             const auto req = proto::decode<proto::control_request>(q.frame.view());
             if (req.action == proto::control_action::interrupt) return interrupt(req);
             if (req.action == proto::control_action::signal) return send_signal(req);
+            if (req.action == proto::control_action::stop_engines) return stop_engines(req);
             if (is_store_action(req.action)) return answer_store(req);
             const auto client = proto::client_of(req.r.id);
             if (req.action == proto::control_action::hold_client) gate_.hold(client);
@@ -410,6 +413,32 @@ private:
         }
         watch_.send(e, m);
         rep.engines.push_back({e, 0, done, true});
+    }
+
+    // rc.shutdown(targets=...): those engine processes end; the job lives on without them, which
+    // only a job with recovery does (without it mpirun ends every rank when one exits).
+    void stop_engines(const proto::control_request& req) {
+        proto::control_reply rep;
+        rep.id = req.r.id;
+        if (!watch_.recovery()) {
+            rep.ok = false;
+            rep.message = "this job ends when one of its engines exits (it was started without recovery: `mpirun "
+                          "--enable-recovery`, or srun without --kill-on-bad-exit, keeps it running), so single "
+                          "engines cannot be shut down; rc.shutdown() ends the whole job";
+        } else if (req.r.targets.empty()) {
+            rep.ok = false;
+            rep.message = "name the engines to shut down (rc.shutdown() with no targets ends the whole job)";
+        } else {
+            for (int e : req.r.targets) {
+                const auto told = rep.engines.size();
+                tell(rep, {wire::control_kind::stop, e, 0, 0}, 0);
+                if (rep.engines.size() > told) {
+                    stopped_.insert(e);
+                    spdlog::info("client {} shut engine {} down", proto::client_of(req.r.id), e);
+                }
+            }
+        }
+        link_.send(proto::encode(rep));
     }
 
     // rc.send_signal: SIGINT is an interrupt of whatever runs; any other signal goes to the
@@ -640,6 +669,7 @@ private:
     int n_;
     std::vector<proto::engine_info> engines_;  // as the clients know them (alive, how they died)
     std::vector<int> deaths_;                  // engines in the order they died
+    std::set<int> stopped_;                    // engines a client shut down (stop_engines)
     bridge_link link_;
     engine_channels channels_;
     engine_watch watch_;

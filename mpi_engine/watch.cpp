@@ -237,6 +237,13 @@ void watch::handle(const wire::control_msg& m) {
     case wire::control_kind::rebuild_go:
         build(m.a, m.b);
         return;
+    case wire::control_kind::stop:
+        // rc.shutdown(targets=...) in a job that survives an engine's exit: what runs here ends
+        // with the process (its requests fail with EngineDied, the job goes on without it).
+        std::fprintf(stderr, "pcluster engine %d: a client shut this engine down (rc.shutdown(targets=...))\n", id_);
+        std::fflush(stderr);
+        last_words(wire::death_exit, 0, std::chrono::milliseconds(0));
+        ::_exit(0);
     case wire::control_kind::exit_now:
         std::fprintf(stderr,
                      "pcluster engine %d: the controller told it to exit (it counted this engine as dead, or a "

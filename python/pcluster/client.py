@@ -645,9 +645,26 @@ class Client:
         """End the job: engines stop, the controller and bridge exit and the connection file is
         removed. Code still running gets PCLUSTER_SHUTDOWN_GRACE_S (10 s) to finish, is then
         interrupted, and engines that still do not stop are told to exit 5 s later. Waits
-        (bounded by timeout) until the job has ended."""
+        (bounded by timeout) until the job has ended.
+
+        targets=some engines: those engine processes end at once (what runs there fails with
+        EngineDied) and the job goes on without them - only in a job started with recovery
+        (`mpirun --enable-recovery`, srun); otherwise ValueError saying why. Waits (bounded by
+        timeout) until they left rc.ids; returns their ids."""
         if targets not in ("all", None) and sorted(self._resolve(targets)) != self.ids:
-            raise ValueError("shutdown ends the whole job; stopping single engines is not supported")
+            ids = self._resolve(targets)
+            rep = self._control(_core.control_action.stop_engines, (), ids)
+            if not rep.ok:
+                raise ValueError(rep.message)
+            if rep.refused:
+                raise ValueError("; ".join(rep.refused))
+            deadline = time.monotonic() + timeout
+            while block and set(ids) & set(self.ids):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"engines {sorted(set(ids) & set(self.ids))} were told to stop and had not "
+                                       f"left after {timeout} s")
+                time.sleep(0.01)
+            return ids
         ar = self._submit(_core.shutdown_request(), [], self.ids, "shutdown", block=True)
         if not block:
             return ar

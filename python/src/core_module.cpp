@@ -247,7 +247,8 @@ PYBIND11_MODULE(_core, m) {
         .value("results", proto::control_action::results)
         .value("fetch_results", proto::control_action::fetch_results)
         .value("purge_results", proto::control_action::purge_results)
-        .value("resubmit", proto::control_action::resubmit);
+        .value("resubmit", proto::control_action::resubmit)
+        .value("stop_engines", proto::control_action::stop_engines);
     py::enum_<proto::result_state>(m, "result_state")
         .value("pending", proto::result_state::pending)
         .value("done", proto::result_state::done)

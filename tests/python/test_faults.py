@@ -476,3 +476,25 @@ def test_bridge_death_ends_the_job_and_its_connection_file(start_job):
             rc[1].apply_sync(engine_id)
     assert j.wait_exit(EXIT_TIMEOUT) is not None, j.describe()
     assert not j.path.exists(), "the dead bridge's connection file was left behind"
+
+
+def test_shutdown_of_single_engines(job5, start_job):
+    """ipyparallel's rc.shutdown(targets=...): with recovery those engines end and the job goes
+    on without them; without recovery the error says why it cannot."""
+    j, rc = job5
+    running = rc[3].apply_async(nap, 30)
+    time.sleep(0.3)
+    assert rc.shutdown(targets=[1, 3]) == [1, 3]
+    assert rc.ids == [0, 2]
+    assert "shut down by a client" in rc.dead_engines[1]
+    with pytest.raises(pcluster.EngineDied, match="shut down by a client"):
+        running.get(10)
+    assert_survivors_serve(rc, [0, 2])
+    with pytest.raises(IndexError, match="engine 1 died"):
+        rc.shutdown(targets=1)
+    plain = start_job(3, recovery=False)
+    with pcluster.Client(str(plain.path), timeout=30) as c:
+        with pytest.raises(ValueError, match="started without recovery.*--enable-recovery"):
+            c.shutdown(targets=[0])
+        assert c.ids == [0, 1] and c[:].apply_sync(lambda: 1) == [1, 1]
+        c.shutdown()

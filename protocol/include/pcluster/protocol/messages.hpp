@@ -241,6 +241,9 @@ struct task_request {
 //   resubmit:      ids = [old, new, old, new, ...]: run kept task `old` again as the caller's new
 //                  task `new` (same function and arguments, engines, retries; no dependencies).
 //                  `new` gets its reply as any task, or an error reply saying why it cannot run.
+//   stop_engines:  end the engine processes r.targets (rc.shutdown(targets=...)): only in a job
+//                  that survives an engine's exit (recovery); otherwise ok=false saying why.
+//                  Answered with which engines were told; each then dies as an engine death.
 // The kept results: mpi_controller/result_store.hpp.
 enum class control_action : std::uint8_t {
     abort = 0,
@@ -254,6 +257,7 @@ enum class control_action : std::uint8_t {
     fetch_results = 8,
     purge_results = 9,
     resubmit = 10,
+    stop_engines = 11,
 };
 // Actions only the bridge may send; it refuses them from a client.
 constexpr bool bridge_only(control_action a) {

@@ -29,6 +29,7 @@ enum class control_kind : std::uint32_t {
     rebuild_go = 8,     // controller -> engines: every survivor said ready: build epoch `a`'s
                         // communicators now, over the `b` survivors
     signal = 9,         // controller -> engine: send signal `a` to the engine process (rc.send_signal)
+    stop = 10,          // controller -> engine: a client shut this engine down (rc.shutdown(targets=)): exit 0
 };
 
 enum death_how : std::uint64_t { death_unknown = 0, death_exit = 1, death_signal = 2 };
