@@ -105,6 +105,7 @@ class LoadBalancedView(ViewCalls):
         self.follow = None
         self.retries = 0
         self.timeout = None
+        self.history = []  # msg_ids of the tasks sent through this view (a map: one per chunk)
 
     def __repr__(self):
         return f"<LoadBalancedView {self.targets if self.targets is not None else 'all'}>"
@@ -162,7 +163,9 @@ class LoadBalancedView(ViewCalls):
         else:
             msg = _core.task_request(kind=kind, after=after, follow=follow, retries=int(r), timeout=timeout,
                                      return_exceptions=return_exceptions, after_failure_ok=failure_ok)
-        return self.client._submit_task(msg, bufs, self.targets, method)
+        ar = self.client._submit_task(msg, bufs, self.targets, method)
+        self.history.append(ar.msg_id)
+        return ar
 
     def _checked_deps(self, deps):
         """Task ids of deps; an id that no task can have (client number 0, or one of ours not

@@ -145,6 +145,30 @@ class ViewCalls:
         seq, the results joined (ParallelFunction)."""
         return parallel(self, dist, block, **flags)
 
+    def use_pickle(self):
+        """ipyparallel's use_pickle(): functions defined in __main__ (a script, IPython, a
+        notebook) run on the engines with the engine's namespace as their globals, as
+        @pcluster.interactive does - a name they use is the engine's value at the call (what
+        ipyparallel's default serialization does). For this process and every view, until
+        use_cloudpickle(). Data still travels by cloudpickle's pickler."""
+        from . import serialize
+
+        serialize.set_main_interactive(True)
+
+    def use_cloudpickle(self):
+        """ipyparallel's use_cloudpickle() (pcluster's default): functions defined in __main__
+        travel by value with the values of the globals they name, as the client had them at the
+        send (docs/architecture.md, "Serialization")."""
+        from . import serialize
+
+        serialize.set_main_interactive(False)
+
+    def use_dill(self):
+        """ipyparallel's use_dill(): pcluster's pickler already sends what dill is used for
+        (closures, lambdas, interactively defined functions and classes) by value; this is
+        use_cloudpickle()."""
+        self.use_cloudpickle()
+
     @property
     def executor(self):
         """A concurrent.futures.Executor submitting to this view."""

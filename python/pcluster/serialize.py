@@ -65,6 +65,26 @@ class Globals(dict):
 _builtins = __builtins__ if isinstance(__builtins__, dict) else __builtins__.__dict__
 
 
+# ipyparallel's use_pickle(): functions defined in __main__ run with the engine's namespace as
+# their globals (as @interactive), the way ipyparallel's default serialization treats them.
+# Off (the default, ipyparallel's use_cloudpickle()): they take the values of the globals they name
+# along. Process-wide, as ipyparallel's is; set through view.use_pickle() / use_cloudpickle().
+_main_interactive = False
+
+
+def set_main_interactive(on):
+    """Whether functions of __main__ are sent as @interactive (view.use_pickle) or with the
+    values of their globals (view.use_cloudpickle, the default)."""
+    global _main_interactive
+    if bool(on) != _main_interactive:
+        _main_interactive = bool(on)
+        _function_cache.clear()  # bytes made under the other rule
+
+
+def _is_interactive(f):
+    return f.__dict__.get(_INTERACTIVE) or (_main_interactive and f.__module__ == "__main__")
+
+
 def interactive(f):
     """Decorator (ipyparallel's @interactive): f runs on the engine with the engine's namespace
     as its globals. Its globals are not sent; every name it uses is looked up there, and
@@ -98,7 +118,7 @@ class _Pickler(cloudpickle.CloudPickler):
         return super()._function_getnewargs(func)
 
     def _function_reduce(self, obj):
-        if obj.__dict__.get(_INTERACTIVE):
+        if _is_interactive(obj):
             return (_interactive_function, (obj.__code__, obj.__name__, obj.__defaults__, obj.__kwdefaults__,
                                             obj.__closure__, obj.__qualname__, obj.__doc__))
         return super()._function_reduce(obj)
@@ -206,7 +226,7 @@ def _function_state(f):
     for an @interactive function)."""
     kw = f.__kwdefaults__
     state = (f.__code__, f.__defaults__) + (() if not kw else (*kw, *kw.values()))
-    if f.__dict__.get(_INTERACTIVE):
+    if _is_interactive(f):
         return state
     g = f.__globals__
     return state + tuple([g.get(n, _MISSING) for n in _names(f.__code__)])

@@ -325,3 +325,32 @@ def test_a_function_holding_an_array_travels_whole(rc):
 
     assert rc[0].apply_sync(f, 1) == 1 + 199_999 + 299_999
     assert rc.load_balanced_view().apply_sync(f, 2) == 2 + 199_999 + 299_999
+
+
+USE_PICKLE_CODE = """
+import json, pcluster
+rc = pcluster.Client()
+dv = rc[:]
+A = 1
+def reads_a():
+    return A
+dv.push({"A": 5}, block=True)
+sent = dv.apply_sync(reads_a)
+dv.use_pickle()
+engine_side = dv.apply_sync(reads_a)
+lv_side = rc.load_balanced_view().apply_sync(reads_a)
+dv.use_dill()
+again = dv.apply_sync(reads_a)
+print("RESULT " + json.dumps([sent, engine_side, lv_side, again]))
+"""
+
+
+def test_use_pickle_and_use_cloudpickle_by_name(job, tmp_path):
+    """ipyparallel's view.use_pickle(): a __main__ function reads the engine's globals (as
+    @interactive); use_cloudpickle()/use_dill() (the default): the values it was sent with."""
+    script = tmp_path / "use_pickle.py"
+    script.write_text(USE_PICKLE_CODE)
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=_user_env(job))
+    assert p.returncode == 0, p.stdout + p.stderr
+    n = len(_result(p.stdout, p.stderr)[0])
+    assert _result(p.stdout, p.stderr) == [[1] * n, [5] * n, 5, [1] * n]

@@ -876,3 +876,13 @@ def test_dependency_objects_and_string_ids(lv):
         lv.apply(add, 6, follow=pcluster.Dependency([good], failure=True))
     with pytest.raises(ValueError, match="not a task id"):
         lv.apply(add, 6, after="abc")
+
+
+def test_view_history(rc):
+    """lv.history: the msg_ids of the tasks sent through this view, in order (a map: its chunks)."""
+    lv2 = rc.load_balanced_view()
+    a = lv2.apply(add, 1)
+    m = lv2.map(add, range(6), chunksize=2)
+    a.get(T), m.get(T)
+    assert lv2.history == [a.msg_id] + m.msg_ids
+    assert set(lv2.history) <= set(rc.history)
