@@ -145,6 +145,41 @@ class ViewCalls:
         seq, the results joined (ParallelFunction)."""
         return parallel(self, dist, block, **flags)
 
+    # --- the Client's verbs, for this view's engines (ipyparallel has them on views too) ---
+    def _view_targets(self, targets):
+        t = self.targets if targets is None else targets
+        return None if t is None else t
+
+    def abort(self, jobs=None, targets=None, block=None):
+        """Client.abort: drops queued load-balanced tasks (jobs: AsyncResults or ids; default:
+        every outstanding one of this client) that no engine has started; returns how many.
+        Requests of a DirectView are not abortable once sent (rc.interrupt() stops running code)."""
+        return self.client.abort(jobs)
+
+    def queue_status(self, targets=None, verbose=False):
+        """Client.queue_status for this view's engines (or `targets`)."""
+        return self.client.queue_status(self._view_targets(targets), verbose)
+
+    def get_result(self, indices_or_msg_ids=None, block=None, owner=True):
+        """Client.get_result (results by id, kept by the job)."""
+        return self.client.get_result(indices_or_msg_ids, block, owner)
+
+    def purge_results(self, jobs=(), targets=()):
+        """Client.purge_results."""
+        return self.client.purge_results(jobs, targets)
+
+    def shutdown(self, targets=None, restart=False, hub=False, block=None):
+        """Client.shutdown of this view's engines (or `targets`): every engine ends the job;
+        some engines need a job with recovery. restart=True is refused: an engine is an MPI rank
+        and cannot be started again in a running job."""
+        if restart:
+            raise ValueError("engines cannot be restarted: they are the job's MPI ranks (start a new job)")
+        t = self._view_targets(targets)
+        return self.client.shutdown("all" if hub or t is None else t, True if block is None else block)
+
+    def spin(self):
+        """Nothing to do: replies are filed by the connection's own thread as they arrive."""
+
     def use_pickle(self):
         """ipyparallel's use_pickle(): functions defined in __main__ (a script, IPython, a
         notebook) run on the engines with the engine's namespace as their globals, as

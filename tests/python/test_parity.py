@@ -336,3 +336,18 @@ def test_asyncresult_extras_of_ipyparallel(rc):
         slow.serial_time
     slow.get(30)
     assert slow.wall_time >= 1 and slow.serial_time >= 0.99
+
+
+def test_client_verbs_on_views(rc):
+    """ipyparallel has abort, queue_status, get_result, purge_results, shutdown and spin on views too."""
+    dv, lv = rc[rc.ids[:2]], rc.load_balanced_view()
+    assert set(dv.queue_status()) == set(rc.ids[:2]) | {"unassigned", "waiting"}
+    ar = dv.apply_async(lambda: 3)
+    ar.get(30)
+    assert dv.get_result(ar.msg_id, block=True) == [3, 3]
+    assert lv.get_result(ar.msg_id).get(30) == [3, 3]
+    dv.purge_results(jobs=[ar.msg_id])
+    assert rc.result_status([ar.msg_id])["dropped"] == [ar.msg_id]
+    assert lv.abort() == 0 and dv.spin() is None
+    with pytest.raises(ValueError, match="cannot be restarted"):
+        dv.shutdown(restart=True)
