@@ -375,8 +375,10 @@ def test_unknown_dependency_is_refused_at_submission(lv):
     b = lv.apply(add, 1, follow=other)
     assert raises_remote(b, DependencyError, timeout=10).ename == "InvalidDependency"
     assert time.monotonic() - t0 < 10
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="not a task id"):  # strings are ids (ipyparallel's), this one is not
         lv.apply(add, 1, after="not a task")
+    with pytest.raises(TypeError):
+        lv.apply(add, 1, after=1.5)
 
 
 # --------------------------------------------------------------------------- timeouts
