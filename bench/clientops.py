@@ -153,7 +153,7 @@ def run_client_ops(rc, noop, args, results):
         raise RuntimeError(f"need {N_ENGINES} engines, client sees {ids}")
     one = rc[ids[0]]
     dv = rc[:]
-    dv.block = True  # ipyparallel views default to non-blocking; pcluster views already block
+    dv.block = True  # both default to non-blocking: time whole round trips
     run = _Runner(results)
     _latency_ops(run, one, dv, noop, (args.small_repeats, args.small_warmup))
     big = (args.big_repeats, args.big_warmup)

@@ -228,6 +228,7 @@ class Bench:
         try:
             hosts = [rc.engines[i].host for i in rc.ids]
             dv = rc[:]
+            dv.block = True  # timed round trips (views default to non-blocking)
             a = np.random.default_rng(1).integers(0, 256, BIG, dtype=np.uint8)
             digest = hashlib.sha256(a).hexdigest()
             push, pull = [], []

@@ -81,7 +81,7 @@ def idle_cpu(build, engines, seconds, tmp):
     proc, conn = start(build, engines, tmp)
     # The client of that build, in a process of its own (this one may hold another build's
     # pcluster): every engine answers once, then the job idles with nobody attached.
-    in_build(build, f"rc = pcluster.Client({conn!r}, timeout=60); assert len(rc[:].apply(os.getpid)) == {engines}")
+    in_build(build, f"rc = pcluster.Client({conn!r}, timeout=60); assert len(rc[:].apply_sync(os.getpid)) == {engines}")
     time.sleep(5)  # settle past every back-off phase
     pids = set(bl.descendants(proc.pid)) | {proc.pid}
     with open(conn) as f:

@@ -127,7 +127,7 @@ def in_flight(pcluster, args, count):
     sampler = None
     try:
         small = "#" + "m" * 1000
-        recorded = record_requests(job.info, lambda c: c[0].execute(small))
+        recorded = record_requests(job.info, lambda c: c[0].execute(small, block=True))
         template = with_string([f for f in recorded if PREFIX.unpack_from(f)[2] == T_EXECUTE][0], small,
                                "#" + "m" * (1 << 20))
         sampler = Sampler(job, args.cap_mib)
@@ -176,7 +176,7 @@ def replies(pcluster, args, count, pace):
     job = sl.Job(args.build_dir, 2)
     sampler = None
     try:
-        recorded = record_requests(job.info, lambda c: c[0].execute("'r' * 1_000_000", silent=False))
+        recorded = record_requests(job.info, lambda c: c[0].execute("'r' * 1_000_000", silent=False, block=True))
         template = [f for f in recorded if PREFIX.unpack_from(f)[2] == T_EXECUTE][0]
         rc = pcluster.Client(job.path, timeout=30)
         round_trips_for(rc, 1)

@@ -16,6 +16,7 @@ WORKER = r"""
 import hashlib, sys, numpy as np, pcluster
 path, me, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rc = pcluster.Client(path, timeout=60)
+rc.block = True  # the views below block (they start with the client's block, False by default)
 dv = rc[:]
 n = len(rc.ids)
 ops = 0

@@ -21,7 +21,7 @@ VICTIM = r"""
 import sys, pcluster
 rc = pcluster.Client(sys.argv[1], timeout=30)
 print("local" if rc._conn.local else "remote", flush=True)
-rc[0].push({"victim": bytes(int(sys.argv[2]))})
+rc[0].push({"victim": bytes(int(sys.argv[2]))}, block=True)
 print("PUSHED", flush=True)
 """
 
@@ -47,8 +47,8 @@ def main():
                 k = 0
                 while not stop.is_set():
                     k += 1
-                    rc[1].push({"b": k})
-                    if rc[1].pull("b") != k or rc[:].apply_sync(lambda x: x * 2, k) != [2 * k] * len(rc.ids):
+                    rc[1].push({"b": k}, block=True)
+                    if rc[1].pull("b", block=True) != k or rc[:].apply_sync(lambda x: x * 2, k) != [2 * k] * len(rc.ids):
                         errors.append(f"wrong result at round {k}")
                     ops[0] += 3
         except Exception as e:  # noqa: BLE001 - reported as the soak's failure
@@ -88,8 +88,8 @@ def main():
         t.join(60)
         after = sl.rss_mib(job.bridge_pid)
         with pcluster.Client(job.path, timeout=30) as rc:
-            rc[0].push({"check": bytes(range(256)) * 4096})
-            intact = rc[0].pull("check") == bytes(range(256)) * 4096
+            rc[0].push({"check": bytes(range(256)) * 4096}, block=True)
+            intact = rc[0].pull("check", block=True) == bytes(range(256)) * 4096
         leftovers = [p for p in os.listdir("/dev/shm") if p.startswith("pcluster-c")
                      and not os.path.exists(f"/proc/{p.split('-')[1][1:].split('x')[0]}")]
         figures.update(victim=where, bridge_rss_mib_base=round(base, 1), bridge_growth_mib_midway=peaks,

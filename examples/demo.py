@@ -14,31 +14,33 @@ import pcluster
 
 rc = pcluster.Client(sys.argv[1] if len(sys.argv) > 1 else None, timeout=30)
 print("engines:", rc.ids)
-dv = rc[:]
+dv = rc[:]  # as in ipyparallel, calls do not block: they return AsyncResults
 
-dv.push(dict(a=10))
-print("dv.pull('a')          ->", dv.pull("a"))
-print("rc[0].pull('a')       ->", rc[0].pull("a"))
-dv["b"] = 5
+dv.push(dict(a=10)).get()
+print("dv.pull('a').get()    ->", dv.pull("a").get())
+print("rc[0].pull('a', block=True) ->", rc[0].pull("a", block=True))
+dv["b"] = 5  # view[...] always blocks
 print("dv['b']               ->", dv["b"])
-dv.execute("import numpy as np; c = np.ones(3) * a")
-print("dv.pull('c')          ->", dv.pull("c"))
-print("dv.apply(x + a, 1)    ->", dv.apply(lambda x: x + a, 1))  # noqa: F821 - `a` lives on the engines
-print("dv.map(x*x, range(8)) ->", dv.map(lambda x: x * x, range(8)))
+dv.execute("import numpy as np; c = np.ones(3) * a").get()
+print("dv.pull('c').get()    ->", dv.pull("c").get())
+print("dv.apply_sync(x + a, 1) ->", dv.apply_sync(lambda x: x + a, 1))  # noqa: F821 - `a` lives on the engines
+print("dv.map_sync(x*x, range(8)) ->", dv.map_sync(lambda x: x * x, range(8)))
 
 x = np.arange(1000)
-dv.scatter("x", x)
-print("scatter/gather same   ->", np.array_equal(dv.gather("x"), x))
-print("engine sums           ->", dv.apply(lambda: int(x.sum())))  # noqa: F821 - each engine's part
+dv.scatter("x", x, block=True)
+print("scatter/gather same   ->", np.array_equal(dv.gather("x", block=True), x))
+print("engine sums           ->", dv.apply_sync(lambda: int(x.sum())))  # noqa: F821 - each engine's part
 
 try:
-    rc[0].execute("1 / 0")
+    rc[0].execute("1 / 0", block=True)
 except pcluster.RemoteError as e:
     print("remote error          ->", e)
 
-dv.block = False
 ar = dv.apply(lambda: __import__("pcluster.engine").engine.engine_id)
 print("non-blocking          ->", ar, "->", ar.get(timeout=10))
+dv.block = True  # or block=True per call
+print("dv.block = True       ->", dv.apply(lambda: "blocked"))
+dv.block = False
 
 ar = dv.execute("import time; print('working...'); time.sleep(1); print('done')")
 time.sleep(0.8)

@@ -35,10 +35,10 @@ with tempfile.TemporaryDirectory() as tmp:
         engines = n - 1
         assert rc.ids == list(range(engines)), rc.ids
         dv = rc[:]
-        dv.push(dict(a=10))
-        assert dv.pull("a") == [10] * engines
-        assert dv.apply(lambda x: x + a, 1) == [11] * engines  # noqa: F821 - a lives on the engines
-        assert dv.map(lambda x: x * x, range(10)) == [x * x for x in range(10)]
+        dv.push(dict(a=10), block=True)
+        assert dv.pull("a", block=True) == [10] * engines
+        assert dv.apply_sync(lambda x: x + a, 1) == [11] * engines  # noqa: F821 - a lives on the engines
+        assert dv.map_sync(lambda x: x * x, range(10)) == [x * x for x in range(10)]
         assert rc[engines - 1].apply_sync(lambda: __import__("pcluster.engine").engine.engine_id) == engines - 1
         rc.shutdown()
         out, _ = job.communicate(timeout=30)

@@ -171,7 +171,8 @@ class Client:
         self._events_lock = threading.Lock()
         self._deaths_to_tell = collections.deque()  # (id, how) for the result thread's callbacks
         self.ctrl_c_interrupts = _core.setting("PCLUSTER_CTRL_C_INTERRUPTS")
-        # ipyparallel's Client.block: whether get_result and resubmit wait (views carry their own).
+        # ipyparallel's Client.block: whether get_result, resubmit and clear wait, and the block a
+        # new view starts with (each view then carries its own).
         self.block = False
         self.history = []  # msg_ids of the requests this client sent, oldest first (ipyparallel's rc.history)
         self._by_id = weakref.WeakValueDictionary()  # msg_id -> its AsyncResult while anyone holds it
@@ -560,8 +561,9 @@ class Client:
 
         return LoadBalancedView(self, targets)
 
-    def clear(self, targets=None, block=True):
-        """Empty the namespaces of the engines `targets` (all by default): DirectView.clear."""
+    def clear(self, targets=None, block=None):
+        """Empty the namespaces of the engines `targets` (all by default): DirectView.clear
+        (block=None: rc.block, False, as ipyparallel)."""
         return self[:].clear(targets=targets, block=block)
 
     def abort(self, jobs=None):

@@ -95,12 +95,13 @@ class Dependency(set):
 
 
 class LoadBalancedView(ViewCalls):
-    """Tasks go to free engines; methods take block= (default: view.block, False)."""
+    """Tasks go to free engines; methods take block= (default: view.block, which starts as the
+    client's block, False)."""
 
     def __init__(self, client, targets=None):
         self.client = client
         self.targets = None if targets is None else client._resolve(targets)
-        self.block = False
+        self.block = client.block
         self.after = None
         self.follow = None
         self.retries = 0

@@ -137,13 +137,14 @@ class ViewCalls:
         return self.client.wait(jobs, timeout)
 
     def remote(self, block=None, **flags):
-        """Decorator: `@view.remote(block=True)` makes f(...) run as view.apply(f, ...)."""
-        return remote(self, block, **flags)
+        """Decorator: `@view.remote(block=True)` makes f(...) run as view.apply(f, ...);
+        block=None: view.block as it is now, at decoration (as ipyparallel)."""
+        return remote(self, self.block if block is None else block, **flags)
 
     def parallel(self, dist="b", block=None, **flags):
         """Decorator: `@view.parallel()` makes f(seq) run as f(block) on each engine's block of
-        seq, the results joined (ParallelFunction)."""
-        return parallel(self, dist, block, **flags)
+        seq, the results joined (ParallelFunction); block=None: view.block at decoration."""
+        return parallel(self, dist, self.block if block is None else block, **flags)
 
     # --- the Client's verbs, for this view's engines (ipyparallel has them on views too) ---
     def _view_targets(self, targets):

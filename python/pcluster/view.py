@@ -61,14 +61,17 @@ def _flatten_lists(parts):
 class DirectView(ViewCalls):
     """Engines addressed explicitly: rc[:], rc[0], rc[1:3], rc[[0, 2]].
 
-    Every method takes block= (default: view.block, True) and targets= (default: the view's).
-    Blocking calls return the value; non-blocking ones an AsyncResult.
+    Every method takes block= (default: view.block) and targets= (default: the view's).
+    Blocking calls return the value; non-blocking ones an AsyncResult. As in ipyparallel,
+    view.block starts as the client's block, False: rc[:].apply(f) returns an AsyncResult
+    (apply_sync, map_sync or .get() wait for values). view['a'], view['a'] = x and view.get()
+    always block; activate() makes its view blocking (%px waits for the engines).
     """
 
-    def __init__(self, client, targets, block=True):
+    def __init__(self, client, targets, block=None):
         self.client = client
         self._targets = targets  # an id, a list of ids, or "all": every live engine when used
-        self.block = block
+        self.block = client.block if block is None else bool(block)
 
     @property
     def targets(self):
@@ -123,7 +126,9 @@ class DirectView(ViewCalls):
 
     def activate(self, suffix=""):
         """Makes %px, %%px, %autopx, %pxresult and %pxconfig (each name + suffix) run on this
-        view's engines in the current IPython session."""
+        view's engines in the current IPython session, and makes the view blocking (as
+        ipyparallel's rc.activate(): %px waits for the engines; %pxconfig --noblock or
+        view.block = False to not wait)."""
         try:
             from IPython import get_ipython
         except ImportError:
@@ -133,6 +138,7 @@ class DirectView(ViewCalls):
             raise RuntimeError("activate() registers IPython magics: call it inside IPython or Jupyter")
         from . import magics
 
+        self.block = True
         return magics.load(shell, view=self, suffix=suffix)
 
     # --- one private path for every verb ---
@@ -166,6 +172,7 @@ class DirectView(ViewCalls):
         return self._run(_core.push_request(), bufs, "push", targets, block)
 
     def update(self, ns):
+        """push(ns), blocking as view.block says (as ipyparallel's update)."""
         return self.push(ns)
 
     def pull(self, names, targets=None, block=None):
@@ -178,14 +185,18 @@ class DirectView(ViewCalls):
         return self._run(msg, [], "pull", targets, block)
 
     def get(self, key):
+        """pull(key), always blocking (as ipyparallel's)."""
         return self.pull(key, block=True)
 
     def __getitem__(self, key):
+        """view['a']: pull('a'), always blocking."""
         if not isinstance(key, str):
             raise TypeError("view[...] takes a variable name; use client[...] to choose engines")
         return self.pull(key, block=True)
 
     def __setitem__(self, key, value):
+        """view['a'] = x: push({'a': x}), always blocking, so that an engine's error is raised
+        (ipyparallel sends it per view.block and drops the result and its errors)."""
         self.push({key: value}, block=True)
 
     # --- code ---

@@ -24,7 +24,7 @@ sys.path.insert(0, {python!r})
 import pcluster
 rc = pcluster.Client({conn!r}, timeout=60)
 info = json.load(open({conn!r}))  # read now: the job removes it when it ends
-hosts = rc[:].apply(lambda: __import__("socket").gethostname())
+hosts = rc[:].apply_sync(lambda: __import__("socket").gethostname())
 rc.shutdown()
 print(json.dumps({{"hosts": hosts, "host": info["host"], "ip": info["ip"]}}))
 """

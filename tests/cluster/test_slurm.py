@@ -122,9 +122,9 @@ def test_jobs_and_attach_from_the_cli(cli_job, pcl):
 def test_attach_opens_an_ipython_session_on_the_job(cli_job, pcl):
     """`pcluster attach JOBID --ipython` (also `pcluster submit ... --ipython`): IPython with rc,
     dv = rc[:] and %px, attached to the job."""
-    session = ("print('ENGINES', sorted(set(dv.apply(lambda: __import__('socket').gethostname()))))\n"
+    session = ("print('ENGINES', sorted(set(dv.apply_sync(lambda: __import__('socket').gethostname()))))\n"
                "%px import socket; h = socket.gethostname()\n"
-               "print('PX', sorted(set(dv.pull('h'))))\n"
+               "print('PX', sorted(set(dv.pull('h', block=True))))\n"
                "exit\n")
     proc = pcl.cli("attach", cli_job.id, "--ipython", input=session, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -135,17 +135,17 @@ def test_attach_opens_an_ipython_session_on_the_job(cli_job, pcl):
 def test_directview_session_with_engines_on_both_hosts(rc):
     assert engine_hosts(rc) == HOSTS
     dv = rc[:]
-    assert dv.apply(hostname) == [rc.engines[i].host for i in rc.ids]
-    dv.push(dict(a=10))
-    assert dv.pull("a") == [10] * 4
-    assert rc[3].pull("a") == 10
-    dv.execute("import numpy as np; c = np.ones(3) * a")
-    assert dv.apply(lambda x: x + a, 1) == [11] * 4  # noqa: F821 - `a` lives on the engines
-    assert dv.map(lambda x: x * x, range(32)) == [x * x for x in range(32)]
+    assert dv.apply_sync(hostname) == [rc.engines[i].host for i in rc.ids]
+    dv.push(dict(a=10), block=True)
+    assert dv.pull("a", block=True) == [10] * 4
+    assert rc[3].pull("a", block=True) == 10
+    dv.execute("import numpy as np; c = np.ones(3) * a", block=True)
+    assert dv.apply_sync(lambda x: x + a, 1) == [11] * 4  # noqa: F821 - `a` lives on the engines
+    assert dv.map_sync(lambda x: x * x, range(32)) == [x * x for x in range(32)]
     import numpy as np
 
-    dv.scatter("x", np.arange(1000))
-    assert (dv.gather("x") == np.arange(1000)).all()
+    dv.scatter("x", np.arange(1000), block=True)
+    assert (dv.gather("x", block=True) == np.arange(1000)).all()
     ar = rc[1:3].apply_async(lambda: 7)
     assert ar.get(30) == [7, 7]
 
@@ -176,7 +176,7 @@ def test_engines_comm_allreduce_across_hosts(rc):
         big = comm.allreduce(np.full(2**20, engine_id + 1, dtype=np.int64))  # 8 MiB across the hosts
         return comm.allreduce(engine_id), MPI.Get_processor_name(), int(big[0]), int(big[-1]), comm.size
 
-    got = rc[:].apply(reduce)
+    got = rc[:].apply_sync(reduce)
     assert [g[0] for g in got] == [0 + 1 + 2 + 3] * 4
     assert {g[1] for g in got} == HOSTS
     assert {(g[2], g[3], g[4]) for g in got} == {(10, 10, 4)}
@@ -188,17 +188,17 @@ def test_large_push_and_pull_across_hosts_give_the_right_bytes(rc):
     data = np.random.default_rng(9).integers(0, 2**63, (48 * 2**20) // 8, dtype=np.uint64)  # 48 MiB
     digest = hashlib.sha256(data.tobytes()).hexdigest()
     dv = rc[:]
-    dv.push(dict(big=data))
-    assert dv.apply(lambda: __import__("hashlib").sha256(big.tobytes()).hexdigest()) == [digest] * 4  # noqa: F821
-    for back in dv.pull("big"):
+    dv.push(dict(big=data), block=True)
+    assert dv.apply_sync(lambda: __import__("hashlib").sha256(big.tobytes()).hexdigest()) == [digest] * 4  # noqa: F821
+    for back in dv.pull("big", block=True):
         assert back.dtype == data.dtype and np.array_equal(back, data)
     # Different bytes per engine, pulled from each one.
     dv.execute("import numpy as np; from pcluster.engine import engine_id; "
-               "mine = np.random.default_rng(engine_id).integers(0, 255, 24 * 2**20, dtype=np.uint8)")
+               "mine = np.random.default_rng(engine_id).integers(0, 255, 24 * 2**20, dtype=np.uint8)", block=True)
     for i in rc.ids:
         expect = np.random.default_rng(i).integers(0, 255, 24 * 2**20, dtype=np.uint8)
-        assert np.array_equal(rc[i].pull("mine"), expect)
-    dv.execute("del big, mine")
+        assert np.array_equal(rc[i].pull("mine", block=True), expect)
+    dv.execute("del big, mine", block=True)
 
 
 # --------------------------------------------------------------------------- Python API, cancel
@@ -213,7 +213,7 @@ def test_submit_from_python_engine_death_and_cancel_seen_by_client(pcl, own_jobs
     try:
         assert job.state == "RUNNING" and job.nodes == ["h1", "h2"]
         # The environment the user had loaded reached every engine.
-        marks = rc[:].apply(lambda: __import__("os").environ.get("PCLUSTER_TEST_MARK"))
+        marks = rc[:].apply_sync(lambda: __import__("os").environ.get("PCLUSTER_TEST_MARK"))
         assert marks == ["loaded-on-the-login-node"] * 3
         assert Path(job.connection_file) == pcl.conn_dir / f"slurm-{job.id}.json"
         assert Path(job.connection_file).exists()
@@ -221,9 +221,9 @@ def test_submit_from_python_engine_death_and_cancel_seen_by_client(pcl, own_jobs
         # The job outlives an engine's death on the other host (the launcher has recovery on).
         remote = max(i for i, e in rc.engines.items() if e.host == "h2")
         with pytest.raises(pcluster.EngineDied):
-            rc[remote].apply(lambda: __import__("os")._exit(3))
+            rc[remote].apply_sync(lambda: __import__("os")._exit(3))
         wait_until(lambda: remote not in rc.ids, 15, "the death to reach the client")
-        assert rc[:].apply(lambda: 5) == [5] * len(rc.ids)
+        assert rc[:].apply_sync(lambda: 5) == [5] * len(rc.ids)
         # scancel: an attached client hears "cancelled by SLURM" within a few seconds.
         ar = rc[:].apply_async(lambda: __import__("time").sleep(60))
         t0 = time.monotonic()
@@ -255,7 +255,7 @@ def test_shipped_template_runs_as_is(pcl, own_jobs):
     rc = pcluster.Client(job=job, timeout=120)
     try:
         assert len(rc.ids) == 7 and engine_hosts(rc) == HOSTS
-        assert sorted(set(rc[:].apply(hostname))) == sorted(HOSTS)
+        assert sorted(set(rc[:].apply_sync(hostname))) == sorted(HOSTS)
         rc.shutdown()
     finally:
         rc.close()
@@ -275,15 +275,15 @@ def test_mpirun_inside_sbatch_survives_engine_death_and_pcluster_cancel(pcl, own
     rc = pcluster.Client(job=job, timeout=30)
     try:
         assert engine_hosts(rc) == HOSTS
-        got = rc[:].apply(lambda: __import__("os").environ.get("OMPI_MCA_btl_tcp_if_include"))
+        got = rc[:].apply_sync(lambda: __import__("os").environ.get("OMPI_MCA_btl_tcp_if_include"))
         assert got == ["10.77.0.0/24"] * 4
         local = min(i for i, e in rc.engines.items() if e.host == "h1")
         with pytest.raises(pcluster.EngineDied):
-            rc[local].apply(lambda: __import__("os")._exit(3))
+            rc[local].apply_sync(lambda: __import__("os")._exit(3))
         wait_until(lambda: local not in rc.ids, 15, "the death to reach the client")
         # The job lives on (what the survivors can still do together is issue 10's to test).
-        rc[:].push(dict(k=11))
-        assert rc[:].pull("k") == [11] * len(rc.ids) and len(rc.ids) >= 2
+        rc[:].push(dict(k=11), block=True)
+        assert rc[:].pull("k", block=True) == [11] * len(rc.ids) and len(rc.ids) >= 2
         assert local in rc.dead_engines
         t0 = time.monotonic()
         ar = rc[:].apply_async(lambda: __import__("time").sleep(60))
@@ -319,7 +319,7 @@ def test_shutdown_ends_an_mpirun_job_after_a_remote_engine_died(pcl, own_jobs):
         # An engine on the other host that exits: its last words carry the code at once.
         t0 = time.monotonic()
         with pytest.raises(pcluster.EngineDied, match=r"engine \d+ \(h2, pid \d+\) exited with code 3"):
-            rc[remote[1]].apply(lambda: __import__("os")._exit(3))
+            rc[remote[1]].apply_sync(lambda: __import__("os")._exit(3))
         exit_s = time.monotonic() - t0
         # One killed from outside says nothing: its heartbeats stop (PCLUSTER_DEAD_AFTER_S,
         # 4.5 s). Here with nothing in flight (a request waiting on such a death is
@@ -335,7 +335,7 @@ def test_shutdown_ends_an_mpirun_job_after_a_remote_engine_died(pcl, own_jobs):
         assert kill_s < 5 + 3, kill_s  # the issue's bound for other hosts, with room for a busy machine
         assert "stopped answering for 4.5 s" in rc.engines[remote[0]].death
         assert rc.ids == [i for i in rc.engines if i not in remote]
-        assert rc[:].apply(lambda: 7) == [7] * len(rc.ids)
+        assert rc[:].apply_sync(lambda: 7) == [7] * len(rc.ids)
         rc.shutdown()
     pcl.sim.wait_job_state(job, None, timeout=20)
 
@@ -365,11 +365,11 @@ def test_two_silent_deaths_on_the_other_host(pcl, own_jobs):
         alive = [i for i in rc.engines if i not in victims]
         wait_until(lambda: rc.ids == alive, 10, "both deaths to reach the client")
         dv = rc[:]
-        dv.push(dict(k=11))
-        assert dv.pull("k") == [11] * len(alive)
-        dv.scatter("part", list(range(10)))
-        assert dv.gather("part") == list(range(10))
-        sums = dv.apply(lambda: __import__("pcluster.engine", fromlist=["comm"]).comm.allreduce(1))
+        dv.push(dict(k=11), block=True)
+        assert dv.pull("k", block=True) == [11] * len(alive)
+        dv.scatter("part", list(range(10)), block=True)
+        assert dv.gather("part", block=True) == list(range(10))
+        sums = dv.apply_sync(lambda: __import__("pcluster.engine", fromlist=["comm"]).comm.allreduce(1))
         assert sums == [len(alive)] * len(alive)  # the engines-only comm, rebuilt over the survivors
         rc.shutdown()
     pcl.sim.wait_job_state(job, None, timeout=20)  # mpirun ends too (launcher/main.cpp)
@@ -387,7 +387,7 @@ def test_srun_direct_launch_from_the_login_node(pcl):
         (job,) = pcl.jobs() - before
         with pcluster.Client(job=job, timeout=60) as rc:
             assert engine_hosts(rc) == HOSTS and len(rc.ids) == 3
-            assert rc[:].apply(lambda: __import__("pcluster.engine", fromlist=["comm"]).comm.allreduce(2)) == [6] * 3
+            assert rc[:].apply_sync(lambda: __import__("pcluster.engine", fromlist=["comm"]).comm.allreduce(2)) == [6] * 3
             rc.shutdown()
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
@@ -419,7 +419,7 @@ def test_mpirun_across_hosts_without_slurm(pcl, tmp_path):
         assert info["ip"] == LOGIN_REACHABLE and info["host"] == "h1" and "0.0.0.0" not in info["addresses"]
         with pcluster.Client(str(conn), timeout=30) as rc:
             assert {e.host for e in rc.engines.values()} == HOSTS
-            got = rc[:].apply(lambda: __import__("pcluster.engine", fromlist=["comm"]).comm.allreduce(1))
+            got = rc[:].apply_sync(lambda: __import__("pcluster.engine", fromlist=["comm"]).comm.allreduce(1))
             assert got == [3] * 3
             rc.shutdown()
         assert proc.wait(60) == 0, log.read_text()
@@ -434,7 +434,7 @@ DRIVER = """
 import json, sys
 import pcluster
 rc = pcluster.Client()
-hosts = sorted(set(rc[:].apply(lambda: __import__("socket").gethostname())))
+hosts = sorted(set(rc[:].apply_sync(lambda: __import__("socket").gethostname())))
 lv = rc.load_balanced_view()
 total = sum(lv.map(lambda x: x, range(100), chunksize=10))
 print("DRIVER", json.dumps({"hosts": hosts, "engines": len(rc.ids), "total": total, "args": sys.argv[1:]}), flush=True)
@@ -577,8 +577,8 @@ def test_ssh_tunnel_to_a_job_the_login_node_cannot_reach(pcl, ssh_server, own_jo
 
             assert engine_hosts(rc) == HOSTS
             data = np.arange(2**21, dtype=np.float64)  # 16 MiB through the tunnel
-            rc[:].push(dict(d=data))
-            assert all(np.array_equal(x, data) for x in rc[:].pull("d"))
+            rc[:].push(dict(d=data), block=True)
+            assert all(np.array_equal(x, data) for x in rc[:].pull("d", block=True))
         finally:
             rc.close()
         with pytest.raises(pcluster.tunnel.TunnelError, match="Permission denied"):

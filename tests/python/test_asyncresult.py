@@ -128,7 +128,7 @@ def test_subset_view_results_in_target_order(rc):
 
 def test_view_block_false_returns_asyncresults(rc):
     dv = rc[:]
-    dv.block = False
+    assert dv.block is False  # ipyparallel's default
     ars = {
         "apply": dv.apply(whoami),
         "execute": dv.execute("ar_blk = 5"),
@@ -323,7 +323,7 @@ def test_blocking_calls_inside_running_asyncio_loop(rc):
         assert asyncio.get_running_loop().is_running()
         a = dv.apply_sync(whoami)
         b = rc[1].apply_async(nap, 0.2, "b").get(10)
-        c = dv.map(lambda x: x * 2, range(8))
+        c = dv.map_sync(lambda x: x * 2, range(8))
         d = dv.apply_async(nap, 0.2, "d").get(10)
         # and awaiting still works in the same loop afterwards
         e = await dv.apply_async(whoami)

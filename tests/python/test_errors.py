@@ -39,7 +39,7 @@ def whoami():
 
 def assert_serving(rc):
     """The job answers a normal request on every engine."""
-    assert rc[:].apply(whoami) == IDS
+    assert rc[:].apply_sync(whoami) == IDS
 
 
 def assert_serving_old_and_new(job, rc):
@@ -57,7 +57,7 @@ def assert_new_client_served(job):
 def test_remote_error_single_engine_execute(rc):
     code = "s_before = 1\ndef s_bad():\n    raise ValueError('boom 42')\ns_bad()\n"
     with pytest.raises(pcluster.RemoteError) as ei:
-        rc[0].execute(code)
+        rc[0].execute(code, block=True)
     e = ei.value
     assert not isinstance(e, pcluster.CompositeError)
     assert e.ename == "ValueError"
@@ -70,7 +70,7 @@ def test_remote_error_single_engine_execute(rc):
     assert isinstance(rendered, list) and all(isinstance(line, str) for line in rendered)
     assert any("ValueError" in line for line in rendered)
     # code before the failing line ran; the engine goes on
-    assert rc[0].pull("s_before") == 1
+    assert rc[0].pull("s_before", block=True) == 1
 
 
 def test_remote_error_single_engine_apply(rc):
@@ -78,7 +78,7 @@ def test_remote_error_single_engine_apply(rc):
         return 1 / x  # the user's line
 
     with pytest.raises(pcluster.RemoteError) as ei:
-        rc[2].apply(fails, 0)
+        rc[2].apply_sync(fails, 0)
     e = ei.value
     assert e.ename == "ZeroDivisionError"
     assert "division by zero" in e.evalue
@@ -87,12 +87,12 @@ def test_remote_error_single_engine_apply(rc):
     assert "return 1 / x  # the user's line" in e.traceback
     # no frames of pcluster's engine machinery in what the user sees
     assert "_kernel" not in e.traceback
-    assert rc[2].apply(fails, 4) == 0.25
+    assert rc[2].apply_sync(fails, 4) == 0.25
 
 
 def test_composite_error_all_engines(rc):
     with pytest.raises(pcluster.CompositeError) as ei:
-        rc[:].apply(lambda: 1 / 0)
+        rc[:].apply_sync(lambda: 1 / 0)
     e = ei.value
     assert isinstance(e, pcluster.RemoteError)
     assert len(e.elist) == 4
@@ -134,9 +134,9 @@ def test_map_error_is_composite(rc):
         return 1 / x
 
     with pytest.raises(pcluster.CompositeError) as ei:
-        rc[:].map(inv, [1, 2, 0, 4, 5, 6, 7, 8])  # 0 is in engine 1's block
+        rc[:].map_sync(inv, [1, 2, 0, 4, 5, 6, 7, 8])  # 0 is in engine 1's block
     assert [x.engine_id for x in ei.value.elist] == [1]
-    assert rc[:].map(inv, [1, 2, 4, 8]) == [1.0, 0.5, 0.25, 0.125]
+    assert rc[:].map_sync(inv, [1, 2, 4, 8]) == [1.0, 0.5, 0.25, 0.125]
 
 
 @pytest.mark.parametrize(
@@ -154,29 +154,29 @@ def test_map_error_is_composite(rc):
     ],
 )
 def test_engine_survives(rc, code, ename):
-    rc[:].push(dict(s_alive_marker=ename))
+    rc[:].push(dict(s_alive_marker=ename), block=True)
     with pytest.raises(pcluster.CompositeError) as ei:
-        rc[:].execute(code)
+        rc[:].execute(code, block=True)
     assert [x.ename for x in ei.value.elist] == [ename] * 4
     # the engines live on, with their namespaces
     assert rc[:]["s_alive_marker"] == [ename] * 4
     assert_serving(rc)
     with pytest.raises(pcluster.RemoteError) as ei1:
-        rc[3].execute(code)
+        rc[3].execute(code, block=True)
     assert ei1.value.ename == ename
-    assert rc[3].apply(whoami) == 3
+    assert rc[3].apply_sync(whoami) == 3
 
 
 def test_exception_that_cannot_be_printed(rc):
     code = "class SUnprintable(Exception):\n    def __str__(self):\n        raise RuntimeError('no str')\nraise SUnprintable()"
     with pytest.raises(pcluster.CompositeError) as ei:
-        rc[:].execute(code)
+        rc[:].execute(code, block=True)
     assert len(ei.value.elist) == 4
     assert_serving(rc)
 
 
 def test_background_thread_error_does_not_matter(rc):
-    rc[:].execute("import threading\nt = threading.Thread(target=lambda: 1 / 0)\nt.start()\nt.join()")
+    rc[:].execute("import threading\nt = threading.Thread(target=lambda: 1 / 0)\nt.start()\nt.join()", block=True)
     assert_serving(rc)
 
 
@@ -185,13 +185,13 @@ def test_user_replaces_std_streams(rc, stream):
     """Python allows sys.stdout/sys.stderr to be None (print then does nothing); the engine's
     requests must keep working, not fail on pcluster's own flush of the stream."""
     try:
-        rc[:].execute(f"import sys\nsys.{stream} = None")
-        assert rc[:].apply(lambda: "works") == ["works"] * 4
-        assert rc[:].apply(lambda: print("into the void") or 1) == [1] * 4
+        rc[:].execute(f"import sys\nsys.{stream} = None", block=True)
+        assert rc[:].apply_sync(lambda: "works") == ["works"] * 4
+        assert rc[:].apply_sync(lambda: print("into the void") or 1) == [1] * 4
     finally:
         # the code of a request runs before its reply is made: this restores the stream either way
         try:
-            rc[:].execute(f"import sys\nsys.{stream} = sys.__{stream}__")
+            rc[:].execute(f"import sys\nsys.{stream} = sys.__{stream}__", block=True)
         except pcluster.RemoteError:
             pass
     assert_serving(rc)
@@ -199,16 +199,16 @@ def test_user_replaces_std_streams(rc, stream):
 
 def test_pull_undefined(rc):
     with pytest.raises(pcluster.CompositeError) as ei:
-        rc[:].pull("s_never_defined_anywhere")
+        rc[:].pull("s_never_defined_anywhere", block=True)
     e = ei.value
     assert len(e.elist) == 4
     assert [x.ename for x in e.elist] == ["NameError"] * 4
     assert all("s_never_defined_anywhere" in x.evalue for x in e.elist)
     with pytest.raises(pcluster.RemoteError) as e1:
-        rc[1].pull("s_never_defined_anywhere")
+        rc[1].pull("s_never_defined_anywhere", block=True)
     assert e1.value.ename == "NameError"
     with pytest.raises(pcluster.CompositeError):
-        rc[:].gather("s_never_defined_anywhere")
+        rc[:].gather("s_never_defined_anywhere", block=True)
     with pytest.raises(pcluster.CompositeError):
         rc[:]["s_never_defined_anywhere"]
     assert_serving(rc)
@@ -216,7 +216,7 @@ def test_pull_undefined(rc):
 
 def test_syntax_error_in_execute(rc):
     with pytest.raises(pcluster.CompositeError) as ei:
-        rc[:].execute("def (:")
+        rc[:].execute("def (:", block=True)
     assert [x.ename for x in ei.value.elist] == ["SyntaxError"] * 4
     assert_serving(rc)
 
@@ -231,36 +231,36 @@ def test_unpicklable_argument_raises_before_send(rc, bad):
     obj = bad()
     try:
         with pytest.raises(TypeError):
-            rc[:].apply(lambda x: 1, obj)
+            rc[:].apply_sync(lambda x: 1, obj)
         with pytest.raises(TypeError):
             rc[0].apply_async(lambda x: 1, obj)
         with pytest.raises(TypeError):
-            rc[:].push(dict(s_ok_part=1, s_bad_part=obj))
+            rc[:].push(dict(s_ok_part=1, s_bad_part=obj), block=True)
         with pytest.raises(TypeError):
-            rc[:].map(lambda x: x, [1, obj, 3, 4])
+            rc[:].map_sync(lambda x: x, [1, obj, 3, 4])
         with pytest.raises(TypeError):
-            rc[:].scatter("s_bad_scatter", [obj] * 8)
+            rc[:].scatter("s_bad_scatter", [obj] * 8, block=True)
         with pytest.raises(TypeError):
             rc[:]["s_bad_item"] = obj
         with pytest.raises(TypeError):
-            rc[:].apply(lambda: obj)  # captured in a closure
+            rc[:].apply_sync(lambda: obj)  # captured in a closure
     finally:
         if hasattr(obj, "close"):
             obj.close()
     # Nothing was sent: not even the picklable half of the failed push arrived.
     with pytest.raises(pcluster.CompositeError) as ei:
-        rc[:].pull("s_ok_part")
+        rc[:].pull("s_ok_part", block=True)
     assert [x.ename for x in ei.value.elist] == ["NameError"] * 4
     assert_serving(rc)
 
 
 def test_unpicklable_result(rc):
     with pytest.raises(pcluster.CompositeError) as ei:
-        rc[:].apply(lambda: threading.Lock())
+        rc[:].apply_sync(lambda: threading.Lock())
     assert [x.ename for x in ei.value.elist] == ["TypeError"] * 4
-    rc[:].execute("import threading\ns_lock = threading.Lock()")
+    rc[:].execute("import threading\ns_lock = threading.Lock()", block=True)
     with pytest.raises(pcluster.RemoteError) as e1:
-        rc[0].pull("s_lock")
+        rc[0].pull("s_lock", block=True)
     assert e1.value.ename == "TypeError"
     assert_serving(rc)
 
@@ -268,9 +268,9 @@ def test_unpicklable_result(rc):
 def test_result_not_loadable_on_client(rc):
     # A class that exists only in an engine's namespace: whatever the client raises, it raises it
     # for this request alone and the connection goes on.
-    rc[0].execute("class SOnlyOnEngine:\n    pass\ns_obj = SOnlyOnEngine()")
+    rc[0].execute("class SOnlyOnEngine:\n    pass\ns_obj = SOnlyOnEngine()", block=True)
     try:
-        rc[0].pull("s_obj")
+        rc[0].pull("s_obj", block=True)
     except Exception:
         pass
     assert_serving(rc)
@@ -549,9 +549,9 @@ def test_authenticated_client_killed_mid_request(job, rc, tmp_path):
             a = globals().get("s_half")
             return "absent" if a is None else ("whole" if a.shape == (100_000_000,) and a.sum() == 1e8 else "partial")
 
-        states = c[:].apply(half_state)
+        states = c[:].apply_sync(half_state)
         assert len(set(states)) == 1 and states[0] in ("absent", "whole"), states
-        c[:].execute("s_half = None")
+        c[:].execute("s_half = None", block=True)
 
 
 # --------------------------------------------------------------------------- the pcluster program
@@ -611,7 +611,7 @@ def test_two_jobs_have_different_keys(job, start_job):
     assert a["port"] != b["port"]
     with pcluster.Client(str(other.path)) as c:
         assert c.ids == [0, 1]
-        assert c[:].apply(whoami) == [0, 1]
+        assert c[:].apply_sync(whoami) == [0, 1]
 
 
 def test_second_job_same_connection_file(job, start_job):
@@ -674,7 +674,7 @@ def test_port_ip_options_and_new_directory(start_job, tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(path.parent).st_mode) & 0o077 == 0
     with pcluster.Client(str(path)) as c:
-        assert c[:].apply(whoami) == [0, 1]
+        assert c[:].apply_sync(whoami) == [0, 1]
     assert j.running()
 
 
@@ -690,7 +690,7 @@ def test_slurm_job_whose_submit_host_resolves_to_loopback_listens_everywhere(sta
     assert info["listen"] == "0.0.0.0", info
     assert info["ip"] == info["addresses"][0] and "127.0.0.1" in info["addresses"]
     with pcluster.Client(str(path)) as c:
-        assert c[:].apply(whoami) == [0, 1]
+        assert c[:].apply_sync(whoami) == [0, 1]
 
 
 def test_stale_connection_file_is_replaced(start_job, tmp_path):
@@ -702,7 +702,7 @@ def test_stale_connection_file_is_replaced(start_job, tmp_path):
     info = json.loads(path.read_text())
     assert info["bridge_pid"] != dead.pid
     with pcluster.Client(str(path)) as c:
-        assert c[:].apply(whoami) == [0, 1]
+        assert c[:].apply_sync(whoami) == [0, 1]
 
 
 # --------------------------------------------------------------------------- ending a job
@@ -721,7 +721,7 @@ def two_clients(j):
 def test_shutdown(start_job):
     j = start_job(3)
     with two_clients(j) as (c, other):
-        c[:].push(dict(s_x=1))
+        c[:].push(dict(s_x=1), block=True)
         assert other[:]["s_x"] == [1, 1]
         c.shutdown(timeout=EXIT_TIMEOUT)
         # shutdown() returns once the job has ended: the connection file is already gone
@@ -729,9 +729,9 @@ def test_shutdown(start_job):
         assert j.wait_exit(EXIT_TIMEOUT) == 0, j.describe()
         # the other client learns that the job ended, without hanging
         with pytest.raises(pcluster.JobEndedError):
-            other[:].apply(lambda: 1)
+            other[:].apply_sync(lambda: 1)
         with pytest.raises(pcluster.JobEndedError):
-            c[:].apply(lambda: 1)
+            c[:].apply_sync(lambda: 1)
         with pytest.raises(pcluster.NoJobError):
             pcluster.Client(str(j.path), timeout=0.5)
 
@@ -756,7 +756,7 @@ def test_ctrl_c_ends_job(start_job):
     j = start_job(3)
     c = pcluster.Client(str(j.path))
     try:
-        assert c[:].apply(whoami) == [0, 1]
+        assert c[:].apply_sync(whoami) == [0, 1]
         os.killpg(j.proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         assert j.wait_exit(EXIT_TIMEOUT) is not None, j.describe()
         deadline = time.monotonic() + 10
@@ -764,7 +764,7 @@ def test_ctrl_c_ends_job(start_job):
             time.sleep(0.05)
         assert not j.path.exists(), j.describe()
         with pytest.raises(pcluster.JobEndedError, match="stopped by a signal"):
-            c[:].apply(lambda: 1)
+            c[:].apply_sync(lambda: 1)
     finally:
         c.close()
 

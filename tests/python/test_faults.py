@@ -50,17 +50,17 @@ def assert_survivors_serve(rc, alive):
     """Every kind of request works on the survivors, with the right values."""
     assert rc.ids == alive
     dv = rc[:]
-    dv.push(dict(survivor_x=7))
-    assert dv.pull("survivor_x") == [7] * len(alive)
-    assert dv.apply(engine_id) == alive
-    assert dv.map(lambda v: v * 3, range(10)) == [v * 3 for v in range(10)]
-    dv.scatter("survivor_part", np.arange(23))
-    assert np.array_equal(dv.gather("survivor_part"), np.arange(23))
-    assert dv.apply(comm_sum) == [len(alive)] * len(alive)  # the engines-only comm, rebuilt
+    dv.push(dict(survivor_x=7), block=True)
+    assert dv.pull("survivor_x", block=True) == [7] * len(alive)
+    assert dv.apply_sync(engine_id) == alive
+    assert dv.map_sync(lambda v: v * 3, range(10)) == [v * 3 for v in range(10)]
+    dv.scatter("survivor_part", np.arange(23), block=True)
+    assert np.array_equal(dv.gather("survivor_part", block=True), np.arange(23))
+    assert dv.apply_sync(comm_sum) == [len(alive)] * len(alive)  # the engines-only comm, rebuilt
     assert rc.load_balanced_view().map(lambda v: v + 1, range(40), block=True) == list(range(1, 41))
     big = np.arange(3 << 20, dtype=np.int64)  # 24 MB through the collective path
-    dv.push(dict(survivor_big=big))
-    assert all(int(s) == int(big.sum()) for s in dv.apply(lambda: int(survivor_big.sum())))  # noqa: F821
+    dv.push(dict(survivor_big=big), block=True)
+    assert all(int(s) == int(big.sum()) for s in dv.apply_sync(lambda: int(survivor_big.sum())))  # noqa: F821
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_engine_death_costs_only_that_engine(job5, how, expect):
     deaths = []
     rc.on_engine_died(lambda i, why: deaths.append((i, why)))
     victim_pid = rc[2].apply_sync(pid)
-    rc[:].push(dict(kept=11))
+    rc[:].push(dict(kept=11), block=True)
     done = rc[0].apply_async(nap, 0.05, "done-before")
     assert done.get(10) == "done-before"
     other = rc[1].apply_async(nap, 1.0, "other")  # a request on a healthy engine, in flight
@@ -118,7 +118,7 @@ def test_engine_death_costs_only_that_engine(job5, how, expect):
     assert rc.engines[2].alive is False and rc.engines[2].host
     with pytest.raises(IndexError, match="engine 2 died"):
         rc[2]
-    assert rc[[0, 1, 3]].pull("kept") == [11, 11, 11]  # the survivors keep their namespaces
+    assert rc[[0, 1, 3]].pull("kept", block=True) == [11, 11, 11]  # the survivors keep their namespaces
     assert_survivors_serve(rc, [0, 1, 3])
     qs = rc.queue_status()
     assert qs[0]["alive"] and 2 not in qs
@@ -134,10 +134,10 @@ def test_send_signal_as_ipyparallel(job5):
     with pytest.raises(pcluster.RemoteError) as ei:
         running.get(10)
     assert ei.value.ename == "KeyboardInterrupt"
-    rc[:].execute("import signal\ngot = []\nsignal.signal(signal.SIGUSR1, lambda s, f: got.append(s))")
+    rc[:].execute("import signal\ngot = []\nsignal.signal(signal.SIGUSR1, lambda s, f: got.append(s))", block=True)
     assert rc.send_signal(signal.SIGUSR1, targets=[0, 3]) == [0, 3]
-    wait_for(lambda: rc[[0, 3]].pull("got") == [[signal.SIGUSR1]] * 2, "the engines' SIGUSR1 handlers")
-    assert rc[1].pull("got") == []
+    wait_for(lambda: rc[[0, 3]].pull("got", block=True) == [[signal.SIGUSR1]] * 2, "the engines' SIGUSR1 handlers")
+    assert rc[1].pull("got", block=True) == []
     waiting = rc[2].apply_async(nap, 30)
     time.sleep(0.3)
     assert rc.send_signal(signal.SIGTERM, targets=[2]) == [2]
@@ -159,7 +159,7 @@ def test_a_second_client_is_told_too(job5):
         rc[3].execute("import os; os._exit(4)", block=False)
         wait_for(lambda: seen == [3], "the other client's callback")
         assert other.ids == [0, 1, 2]
-        assert other[:].apply(engine_id) == [0, 1, 2]
+        assert other[:].apply_sync(engine_id) == [0, 1, 2]
     # a client that connects after the death sees the live engines only
     with pcluster.Client(str(j.path)) as late:
         assert late.ids == [0, 1, 2]
@@ -170,7 +170,7 @@ def test_two_engines_die_one_after_the_other(job5):
     j, rc = job5
     rc[1].execute("import os; os._exit(1)", block=False)
     wait_for(lambda: rc.ids == [0, 2, 3], "the first death")
-    assert rc[:].apply(comm_sum) == [3, 3, 3]
+    assert rc[:].apply_sync(comm_sum) == [3, 3, 3]
     os.kill(rc[3].apply_sync(pid), signal.SIGKILL)
     wait_for(lambda: rc.ids == [0, 2], "the second death")
     assert_survivors_serve(rc, [0, 2])
@@ -181,7 +181,7 @@ def test_two_engines_killed_at_the_same_moment(start_job):
     their communicators once, over the right set."""
     j = start_job(6)
     with pcluster.Client(str(j.path), timeout=30) as rc:
-        pids = rc[:].apply(pid)
+        pids = rc[:].apply_sync(pid)
         waiting = {e: rc[e].apply_async(nap, 30) for e in (1, 3)}
         time.sleep(0.3)
         os.kill(pids[1], signal.SIGKILL)
@@ -202,18 +202,18 @@ def test_a_survivor_that_cannot_answer_holds_no_request_back(start_job):
     # (it + 10 s); on one host it decides nothing else (deaths are seen through pidfds).
     j = start_job(6, env={"PCLUSTER_DEAD_AFTER_S": "0.5"})
     with pcluster.Client(str(j.path), timeout=30) as rc:
-        pids = rc[:].apply(pid)
-        rc[:].push(dict(kept=5))
+        pids = rc[:].apply_sync(pid)
+        rc[:].push(dict(kept=5), block=True)
         os.kill(pids[3], signal.SIGSTOP)
         try:
             with pytest.raises(pcluster.EngineDied, match="exited with code 1"):
-                rc[1].execute("import os; os._exit(1)")
+                rc[1].execute("import os; os._exit(1)", block=True)
             wait_for(lambda: rc.ids == [0, 2, 3, 4], "the first death")
             others = rc[[0, 2, 4]]
-            assert others.apply(engine_id) == [0, 2, 4]
-            others.push(dict(y=3))
-            assert others.pull("y") == [3, 3, 3]
-            assert others.pull("kept") == [5, 5, 5]
+            assert others.apply_sync(engine_id) == [0, 2, 4]
+            others.push(dict(y=3), block=True)
+            assert others.pull("y", block=True) == [3, 3, 3]
+            assert others.pull("kept", block=True) == [5, 5, 5]
             # The survivors' communicator cannot be built while engine 3 neither answers nor is
             # counted out: code asking for it gets a bounded wait and the reason, not a hang.
             t_comm = time.monotonic()
@@ -239,7 +239,7 @@ def test_engine_dies_in_the_middle_of_a_push_to_all(job5):
     killer = threading.Timer(0.01, os.kill, (victim, signal.SIGKILL))
     killer.start()
     try:
-        rc[:].push(dict(mid_push=big))
+        rc[:].push(dict(mid_push=big), block=True)
     except pcluster.CompositeError as e:
         # The dead engine's part fails; others either took it or, if the broadcast went
         # through the dead one, never got it (RequestLost): nothing is silently wrong.
@@ -258,7 +258,7 @@ def test_engine_dies_in_the_middle_of_a_scatter(job5):
     killer = threading.Timer(0.01, os.kill, (victim, signal.SIGKILL))
     killer.start()
     try:
-        rc[:].scatter("mid_scatter", data)
+        rc[:].scatter("mid_scatter", data, block=True)
     except pcluster.CompositeError as e:
         assert {type(x) for x in e.elist} <= {pcluster.EngineDied, pcluster.RequestLost}, e.elist
     killer.join()
@@ -299,9 +299,9 @@ def test_request_to_a_dead_engine_is_refused_at_once(job5):
     wait_for(lambda: 2 not in rc.ids, "the death")
     t0 = time.monotonic()
     with pytest.raises(IndexError, match=r"engine 2 died \(killed by SIGKILL\); the live engines are \[0, 1, 3\]"):
-        dv.apply(engine_id)
+        dv.apply_sync(engine_id)
     assert time.monotonic() - t0 < 1
-    assert rc[[1, 3]].apply(engine_id) == [1, 3]
+    assert rc[[1, 3]].apply_sync(engine_id) == [1, 3]
 
 
 def test_controller_death_ends_every_process(start_job):
@@ -309,7 +309,7 @@ def test_controller_death_ends_every_process(start_job):
     ends, and the client is told."""
     j = start_job(4)
     with pcluster.Client(str(j.path)) as rc:
-        pids = rc[:].apply(pid)
+        pids = rc[:].apply_sync(pid)
         running = rc[:].apply_async(nap, 60)
         time.sleep(0.3)
         os.kill(rc.connection_info.controller_pid, signal.SIGKILL)
@@ -340,7 +340,7 @@ INTERRUPTIBLE = {
 
 @pytest.mark.parametrize("what", list(INTERRUPTIBLE))
 def test_interrupt_running_code(rc, what):
-    rc[1].execute("import numpy; kept_here = 5")
+    rc[1].execute("import numpy; kept_here = 5", block=True)
     ar = rc[1].execute(INTERRUPTIBLE[what], block=False)
     time.sleep(0.4)  # running by now on an idle engine
     assert not ar.done()
@@ -350,7 +350,7 @@ def test_interrupt_running_code(rc, what):
         ar.get(10)
     assert ei.value.ename == "KeyboardInterrupt"
     assert time.monotonic() - t0 < 1.0
-    assert rc[1].pull("kept_here") == 5  # the namespace is kept
+    assert rc[1].pull("kept_here", block=True) == 5  # the namespace is kept
     assert rc[1].apply_sync(engine_id) == 1  # and the engine serves on
 
 
@@ -363,7 +363,7 @@ def test_interrupt_all_engines_and_queued_work_runs(rc):
         ar.get(10)
     assert [x.ename for x in ei.value.elist] == ["KeyboardInterrupt"] * len(rc.ids)
     queued.get(10)  # requests queued behind it still run
-    assert rc[:].pull("after_interrupt") == [True] * len(rc.ids)
+    assert rc[:].pull("after_interrupt", block=True) == [True] * len(rc.ids)
 
 
 def test_interrupt_leaves_a_request_that_is_not_running_alone(rc):
@@ -373,7 +373,7 @@ def test_interrupt_leaves_a_request_that_is_not_running_alone(rc):
     second.interrupt()  # queued behind `first`: neither is disturbed
     first.get(10)
     second.get(10)
-    assert rc[2].pull(["first_done", "second_done"]) == [1, 2]
+    assert rc[2].pull(["first_done", "second_done"], block=True) == [1, 2]
 
 
 def test_interrupt_a_load_balanced_task(rc):
@@ -443,12 +443,12 @@ def test_texts_of_any_size_reach_the_client(rc):
     ar.get(60)
     assert len(ar.stdout) == 20_000_001 and ar.stdout.count("x") == 20_000_000
     with pytest.raises(pcluster.RemoteError) as ei:
-        rc[0].execute("raise ValueError('y' * 20_000_000)")
+        rc[0].execute("raise ValueError('y' * 20_000_000)", block=True)
     assert ei.value.evalue.startswith("y" * 1000)
     assert "characters cut (PCLUSTER_MAX_REPLY_TEXT=" in ei.value.evalue
-    ar = rc[0].execute("'z' * 20_000_000", silent=False)
+    ar = rc[0].execute("'z' * 20_000_000", silent=False, block=True)
     assert "characters cut" in ar.execute_result
-    assert rc[:].apply(engine_id) == rc.ids
+    assert rc[:].apply_sync(engine_id) == rc.ids
 
 
 def test_shutdown_ends_within_a_bound_while_code_runs(start_job):

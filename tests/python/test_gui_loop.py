@@ -50,9 +50,9 @@ SCRIPT = textwrap.dedent(
             results["apply_sync"] = dv.apply_sync(whoami)
             results["single"] = rc[2].apply_sync(whoami)
             results["async_get"] = dv.apply_async(nap, 0.5, "slept").get(timeout=10)
-            results["map"] = dv.map(lambda x: x * x, range(10))
+            results["map"] = dv.map_sync(lambda x: x * x, range(10))
             results["execute"] = dv.execute("gui_v = 41 + 1", block=True).get(10)
-            results["pull"] = dv.pull("gui_v")
+            results["pull"] = dv.pull("gui_v", block=True)
             results["tk_alive"] = root.winfo_exists()
         except BaseException as e:
             results["error"] = repr(e)

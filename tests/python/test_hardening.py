@@ -121,12 +121,12 @@ import pcluster
 rc = pcluster.Client({str(j.path)!r})
 assert not rc._conn.local
 try:
-    rc[0].push(dict(big=b'x' * (4 << 20)))
+    rc[0].push(dict(big=b'x' * (4 << 20)), block=True)
     print("pushed")
 except pcluster.RemoteError as e:
     print("refused", type(e).__name__, e.evalue[:200])
-rc[0].push(dict(small=b'y' * 1000))
-print("after", len(rc[0].pull('small')))
+rc[0].push(dict(small=b'y' * 1000), block=True)
+print("after", len(rc[0].pull('small', block=True)))
 """
     r = remote_python(code)
     out = r.stdout + r.stderr
@@ -263,7 +263,7 @@ def test_a_client_that_stops_reading_is_paused(start_job, local_only, kind, gap)
     # A request whose reply is 1 MB (an execute result, a task's return value), as the real
     # client encodes it.
     if kind == "execute":
-        recorded = record_requests(info, lambda c: c[0].execute("'r' * 1_000_000", silent=False))
+        recorded = record_requests(info, lambda c: c[0].execute("'r' * 1_000_000", silent=False, block=True))
         want = T_EXECUTE
     else:
         recorded = record_requests(info, lambda c: c.load_balanced_view().apply_sync(lambda: "r" * 1_000_000))
@@ -339,7 +339,7 @@ def test_a_local_client_that_stops_reading_fills_no_shared_memory(start_job, loc
     pid = info["bridge_pid"]
     # An execute result is cut to PCLUSTER_MAX_REPLY_TEXT (1 MiB): a reply just over the size
     # that goes by shared memory.
-    recorded = record_requests(info, lambda c: c[0].execute("'r' * 2_000_000", silent=False))
+    recorded = record_requests(info, lambda c: c[0].execute("'r' * 2_000_000", silent=False, block=True))
     template = [f for f in recorded if PREFIX.unpack_from(f)[2] == T_EXECUTE][0]
     base, base_rss = reply_segments_mib(), rss_mib(pid)
     probe, token = make_probe(f"c1x{os.urandom(4).hex()}")
@@ -380,7 +380,7 @@ def test_requests_in_flight_are_bounded(start_job, local_only):
     info = info_of(j)
     pid = info["bridge_pid"]
     small = "#" + "m" * 1000
-    recorded = record_requests(info, lambda c: c[0].execute(small))
+    recorded = record_requests(info, lambda c: c[0].execute(small, block=True))
     template = with_string([f for f in recorded if PREFIX.unpack_from(f)[2] == T_EXECUTE][0], small,
                            "#" + "m" * (1 << 20))
     base = rss_mib(pid)
@@ -445,7 +445,7 @@ def test_a_client_cannot_name_another_clients_segments(job, rc):
     if not rc._conn.local:
         pytest.skip("the client does not share /dev/shm with the job")
     info = info_of(job)
-    rc[0].push(dict(warm=b"v" * (2 << 20)))  # the victim's pool now keeps a segment
+    rc[0].push(dict(warm=b"v" * (2 << 20)), block=True)  # the victim's pool now keeps a segment
     mine = {p for p in os.listdir("/dev/shm") if p.startswith("pcluster-c")}
     owner = f"c{os.getpid()}x"
     victim = sorted(p for p in mine if p.startswith("pcluster-" + owner))
@@ -474,7 +474,7 @@ def test_a_client_cannot_name_another_clients_segments(job, rc):
     r.close()
     time.sleep(0.3)
     assert os.path.exists(target), "the victim's segment was removed"
-    rc[0].push(dict(after=b"w" * (2 << 20)))
+    rc[0].push(dict(after=b"w" * (2 << 20)), block=True)
     assert rc[0].apply_sync(lambda: len(after)) == 2 << 20  # noqa: F821 - defined on the engine
 
 
@@ -482,14 +482,14 @@ def test_a_client_whose_segment_vanished_makes_a_new_one(job, rc):
     """Issue: once a client's kept segment was gone, every later request of >= 1 MiB failed."""
     if not rc._conn.local:
         pytest.skip("the client does not share /dev/shm with the job")
-    rc[1].push(dict(first=b"a" * (3 << 20)))
+    rc[1].push(dict(first=b"a" * (3 << 20)), block=True)
     owner = f"pcluster-c{os.getpid()}x"
     gone = [p for p in os.listdir("/dev/shm") if p.startswith(owner)]
     assert gone
     for p in gone:
         os.unlink("/dev/shm/" + p)
     for i in range(3):
-        rc[1].push(dict(again=bytes([i]) * (3 << 20)))
+        rc[1].push(dict(again=bytes([i]) * (3 << 20)), block=True)
         assert rc[1].apply_sync(lambda: again[:1]) == bytes([i])  # noqa: F821 - defined on the engine
 
 

@@ -69,12 +69,12 @@ USER_CODE = textwrap.dedent(
     triple = lambda x: 3 * x
     origin = Point(0)
     # %%
-    rc[0].push({"double": double, "Point": Point, "origin": origin, "add10": add10, "triple": triple})
+    rc[0].push({"double": double, "Point": Point, "origin": origin, "add10": add10, "triple": triple}, block=True)
     out["push"] = rc[0].apply_sync(lambda: [double(1), Point(-2).norm(), origin.x, add10(1), triple(1)])
     out["apply_args"] = rc[0].apply_sync(lambda f, g, h, p: [f(2), g(2), h(2), p.norm()], double, add10, triple, Point(-5))
     out["apply_kwargs"] = rc[0].apply_sync(lambda **kw: kw["f"](3) + kw["p"].x, f=double, p=Point(4))
     # %%
-    rc[0:2].scatter("pts", [Point(1), Point(2)])
+    rc[0:2].scatter("pts", [Point(1), Point(2)], block=True)
     out["scatter"] = rc[0:2].apply_sync(lambda: [q.x for q in pts])
     out["dv_map"] = dv.map_sync(lambda q: q.norm(), [Point(-1), Point(-2), Point(3), Point(4)])
     out["lv_map"] = lv.map_sync(lambda q: double(q.x), [Point(i) for i in range(6)])
@@ -163,7 +163,7 @@ def test_any_keyword_name_reaches_the_function(rc):
     dv, one, lv = rc[:], rc[0], rc.load_balanced_view()
     assert one.apply_sync(kw, **names) == sorted(names)
     assert one.apply_async(kw, **names).get(T) == sorted(names)
-    assert dv.apply(kw, **names) == [sorted(names)] * len(rc.ids)
+    assert dv.apply_sync(kw, **names) == [sorted(names)] * len(rc.ids)
     assert lv.apply_sync(kw, **names) == sorted(names)
     assert lv.apply_async(kw, **names).get(T) == sorted(names)
     with lv.temp_flags(block=True):
@@ -181,13 +181,13 @@ def test_a_new_value_of_a_sent_global_is_seen(rc):
     global H12_GLOBAL
     dv = rc[:]
     H12_GLOBAL = 1
-    assert dv.apply(read_global) == [1] * 4
+    assert dv.apply_sync(read_global) == [1] * 4
     H12_GLOBAL = 2
-    assert dv.apply(read_global) == [2] * 4
+    assert dv.apply_sync(read_global) == [2] * 4
     H12_GLOBAL = [1]  # a value that changes in place: never a cached pickle
-    assert dv.apply(read_global) == [[1]] * 4
+    assert dv.apply_sync(read_global) == [[1]] * 4
     H12_GLOBAL.append(2)
-    assert dv.apply(read_global) == [[1, 2]] * 4
+    assert dv.apply_sync(read_global) == [[1, 2]] * 4
     H12_GLOBAL = 3
     assert rc.load_balanced_view().map_sync(lambda _: read_global(), range(8)) == [3] * 8
 
@@ -198,12 +198,12 @@ def uses_pushed():
 
 def test_a_name_not_sent_comes_from_the_engine_namespace(rc):
     dv = rc[:]
-    dv.push({"h12_pushed_name": 41})
-    assert dv.apply(uses_pushed) == [42] * 4
-    dv.push({"h12_pushed_name": 1})  # looked up at each call: never stale either
-    assert dv.apply(uses_pushed) == [2] * 4
+    dv.push({"h12_pushed_name": 41}, block=True)
+    assert dv.apply_sync(uses_pushed) == [42] * 4
+    dv.push({"h12_pushed_name": 1}, block=True)  # looked up at each call: never stale either
+    assert dv.apply_sync(uses_pushed) == [2] * 4
     assert rc.load_balanced_view().apply_sync(uses_pushed) == 2
-    assert dv.apply(lambda: len(sorted([2, 1]))) == [2] * 4  # builtins still resolve
+    assert dv.apply_sync(lambda: len(sorted([2, 1]))) == [2] * 4  # builtins still resolve
 
 
 H12_SENT = "client"
@@ -224,10 +224,10 @@ def test_a_call_does_not_write_into_the_namespace(rc):
     dv.execute("for _n in ('H12_SENT', 'H12_WRITTEN', 'H12_COUNTER'): globals().pop(_n, None)", block=True)
     # Sent twice with the same bytes (an engine may reuse the unpickled code): each call starts
     # from what was sent.
-    assert dv.apply(writes_globals) == [1] * 4
-    assert dv.apply(writes_globals) == [1] * 4
+    assert dv.apply_sync(writes_globals) == [1] * 4
+    assert dv.apply_sync(writes_globals) == [1] * 4
     dv.execute("h12_seen = [n for n in ('H12_SENT', 'H12_WRITTEN', 'H12_COUNTER') if n in globals()]", block=True)
-    assert dv.pull("h12_seen") == [[]] * 4
+    assert dv.pull("h12_seen", block=True) == [[]] * 4
 
 
 def appends_to_sent_list():
@@ -261,9 +261,9 @@ def interactive_reader():
 
 def test_interactive_runs_in_the_engine_namespace(rc):
     dv = rc[:]
-    dv.push({"h12_pushed_for_interactive": 3})
-    assert dv.apply(interactive_writer, 7) == [21] * 4
-    assert dv.pull("h12_interactive") == [7] * 4
+    dv.push({"h12_pushed_for_interactive": 3}, block=True)
+    assert dv.apply_sync(interactive_writer, 7) == [21] * 4
+    assert dv.pull("h12_interactive", block=True) == [7] * 4
     assert rc.load_balanced_view().apply_sync(interactive_writer, 8) == 24
     # its globals are not sent: a name only the client has is not defined there
     dv.execute("globals().pop('H12_CLIENT_ONLY', None)", block=True)

@@ -23,7 +23,7 @@ def shell(job):
 
 def test_ipython_shows_remote_traceback(shell, capsys):
     capsys.readouterr()
-    result = shell.run_cell("rc[1].execute('def inner():\\n    return 1 / 0\\ninner()')")
+    result = shell.run_cell("rc[1].execute('def inner():\\n    return 1 / 0\\ninner()', block=True)")
     out = capsys.readouterr()
     shown = out.out + out.err
     assert result.error_in_exec is not None
@@ -35,11 +35,11 @@ def test_ipython_shows_remote_traceback(shell, capsys):
 
 def test_ipython_shows_every_engine_of_a_composite_error(shell, capsys):
     capsys.readouterr()
-    result = shell.run_cell("rc[:].apply(lambda: undefined_name_xyz)")
+    result = shell.run_cell("rc[:].apply_sync(lambda: undefined_name_xyz)")
     shown = "".join(capsys.readouterr())
     assert type(result.error_in_exec).__name__ == "CompositeError"
     for eid in range(4):
         assert f"[{eid}:apply] NameError" in shown
     # the session goes on
-    ok = shell.run_cell("assert rc[:].apply(lambda: 1) == [1, 1, 1, 1]")
+    ok = shell.run_cell("assert rc[:].apply_sync(lambda: 1) == [1, 1, 1, 1]")
     assert ok.success

@@ -45,7 +45,7 @@ def test_stdout_captured_per_engine_apply(rc):
 
 
 def test_stdout_captured_per_engine_execute(rc):
-    ar = rc[:].execute("from pcluster import engine\nprint('id', engine.engine_id)\nprint('second line')")
+    ar = rc[:].execute("from pcluster import engine\nprint('id', engine.engine_id)\nprint('second line')", block=True)
     assert ar.stdout == [f"id {i}\nsecond line\n" for i in IDS]
     ar = rc[:].execute("print('nb', engine.engine_id)", block=False)
     assert ar.get(LONG) == [None] * 4
@@ -102,7 +102,7 @@ def test_capture_output_false(rc):
     assert ar.get(LONG) == IDS
     assert ar.stdout == [""] * 4
     assert ar.stderr == [""] * 4
-    ar = rc[:].execute("import sys\nprint('not captured')\nprint('nor this', file=sys.stderr)")
+    ar = rc[:].execute("import sys\nprint('not captured')\nprint('nor this', file=sys.stderr)", block=True)
     assert ar.stdout == [""] * 4
     assert ar.stderr == [""] * 4
     # Turning it back on captures again.
@@ -291,7 +291,7 @@ def test_output_of_failing_streamed_request(rc):
 
 def test_output_of_failing_execute(rc):
     with pytest.raises(pcluster.RemoteError):
-        rc[1].execute("print('printed first')\nraise ValueError('then failed')")
+        rc[1].execute("print('printed first')\nraise ValueError('then failed')", block=True)
     ar = rc[1].execute("print('printed first')\nraise ValueError('then failed')", block=False)
     assert ar.wait(LONG)
     assert not ar.successful()
@@ -353,10 +353,10 @@ def test_unicode_output(rc):
 # --------------------------------------------------------------------------- execute_result
 def test_execute_result_repr(rc):
     dv = rc[:]
-    ar = dv.execute("from pcluster.engine import engine_id\nengine_id * 10 + 1", silent=False)
+    ar = dv.execute("from pcluster.engine import engine_id\nengine_id * 10 + 1", silent=False, block=True)
     assert ar.execute_result == [repr(i * 10 + 1) for i in IDS]
     assert [m["execute_result"] for m in ar.metadata] == ar.execute_result
-    ar = dv.execute("'text-%d' % engine_id", silent=False)
+    ar = dv.execute("'text-%d' % engine_id", silent=False, block=True)
     assert ar.execute_result == [repr(f"text-{i}") for i in IDS]
     ar = dv.execute("{'k': [1, 2]}", silent=False, block=False)
     assert ar.get(LONG) == [None] * 4  # the value travels as execute_result, not the result
@@ -365,14 +365,14 @@ def test_execute_result_repr(rc):
 
 def test_execute_result_absent(rc):
     dv = rc[:]
-    assert dv.execute("1 + 1", silent=True).execute_result == [None] * 4  # silent: no Out
-    assert dv.execute("out_x = 3", silent=False).execute_result == [None] * 4  # a statement
-    assert dv.execute("None", silent=False).execute_result == [None] * 4
-    assert dv.execute("print('shown')", silent=False).execute_result == [None] * 4
+    assert dv.execute("1 + 1", silent=True, block=True).execute_result == [None] * 4  # silent: no Out
+    assert dv.execute("out_x = 3", silent=False, block=True).execute_result == [None] * 4  # a statement
+    assert dv.execute("None", silent=False, block=True).execute_result == [None] * 4
+    assert dv.execute("print('shown')", silent=False, block=True).execute_result == [None] * 4
 
 
 def test_execute_result_single_engine_and_output(rc):
-    ar = rc[3].execute("print('side effect')\n[engine_id] * 2", silent=False)
+    ar = rc[3].execute("print('side effect')\n[engine_id] * 2", silent=False, block=True)
     assert ar.execute_result == "[3, 3]"
     assert ar.stdout == "side effect\n"
     assert ar.metadata["execute_result"] == "[3, 3]"
@@ -383,7 +383,7 @@ def test_display_outputs(rc, capsys):
     ar = rc[:].execute(
         "import sys\nfrom pcluster.engine import engine_id\nprint(engine_id)\n"
         "if engine_id == 1:\n    print('oops', file=sys.stderr)\n"
-        "if engine_id == 2:\n    print('two\\nlines')"
+        "if engine_id == 2:\n    print('two\\nlines')", block=True
     )
     capsys.readouterr()
     ar.display_outputs()

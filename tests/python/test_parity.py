@@ -35,6 +35,69 @@ def test_broadcast_view_is_the_collective_direct_view(rc):
     assert rc.broadcast_view(targets=[0, 2], is_coalescing=True).apply_sync(lambda: 2) == [2, 2]
 
 
+def test_ipyparallel_style_non_blocking_code_runs_unchanged(rc):
+    """ipyparallel's DirectView does not block by default: its everyday spellings work as written."""
+    dv = rc[:]
+    assert dv.block is False and rc[0].block is False and rc.direct_view().block is False
+    ar = rc[:].apply(square, 3)
+    assert isinstance(ar, ipp.AsyncResult) and ar.get(30) == [9] * NUM_ENGINES
+    ar = dv.execute("nb_x = 6 * 7")
+    assert isinstance(ar, ipp.AsyncResult)
+    ar.wait(30)
+    assert ar.successful()
+    amr = dv.map(square, range(10))
+    assert isinstance(amr, ipp.AsyncResult) and amr.get(30) == [x * x for x in range(10)]
+    assert list(dv.map(square, range(6))) == [0, 1, 4, 9, 16, 25]  # iterable as chunks arrive
+    ar = dv.push({"nb_y": 5})
+    assert isinstance(ar, ipp.AsyncResult) and ar.get(30) == [None] * NUM_ENGINES
+    assert dv.pull("nb_y").get(30) == [5] * NUM_ENGINES
+    assert rc[0].apply(square, 4).get(30) == 16  # one engine: its value, not a list
+    assert dv.update({"nb_u": 1}).get(30) == [None] * NUM_ENGINES  # update is push
+    ar = dv.scatter("nb_s", list(range(8)))
+    assert isinstance(ar, ipp.AsyncResult)
+    assert dv.gather("nb_s").get(30) == list(range(8))
+    # dict-like access blocks whatever view.block says
+    dv["nb_a"] = 3
+    assert dv["nb_a"] == [3] * NUM_ENGINES and dv.get("nb_a") == [3] * NUM_ENGINES
+    assert rc[1]["nb_x"] == 42
+    # an error arrives with get()
+    ar = dv.execute("1 / 0")
+    with pytest.raises(ipp.CompositeError):
+        ar.get(30)
+    # rc.block is the block new views start with; dv.block = True switches back
+    dv.block = True
+    assert dv.apply(square, 2) == [4] * NUM_ENGINES
+    assert dv.map(square, [1, 2]) == [1, 4]
+    assert dv.execute("nb_z = 1").successful()
+    assert dv.pull("nb_x") == [42] * NUM_ENGINES
+    assert isinstance(dv.apply_async(square, 3), ipp.AsyncResult)
+    rc.block = True
+    try:
+        assert rc[:].apply(square, 5) == [25] * NUM_ENGINES
+        assert rc.load_balanced_view().apply(square, 5) == 25
+    finally:
+        rc.block = False
+    assert isinstance(rc[:].apply(square, 5), ipp.AsyncResult)
+    ar = dv.clear(targets=[0], block=False)
+    assert isinstance(ar, ipp.AsyncResult) and isinstance(rc.clear(targets=[1]), ipp.AsyncResult)
+    ar.get(30)
+
+
+def test_activate_makes_its_view_blocking(rc):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    InteractiveShell.clear_instance()
+    InteractiveShell.instance()
+    try:
+        view = rc.activate(targets=[0, 1], suffix="_blk")
+        assert view.block is True and view.apply(square, 2) == [4, 4]  # as ipyparallel's rc.activate()
+        dv = rc[2:]
+        dv.activate("_blk2")
+        assert dv.block is True
+    finally:
+        InteractiveShell.clear_instance()
+
+
 def test_activate_outside_ipython_says_where_it_works(rc):
     with pytest.raises(RuntimeError, match="inside IPython or Jupyter"):
         rc.activate()
@@ -109,14 +172,25 @@ def test_view_remote_decorator(rc):
 
 def test_ipp_remote_follows_the_view_block_flag(rc):
     dv = rc[0]
-    sq = ipp.remote(dv)(square)
-    dv.block = False
-    try:
-        ar = sq(3)
-        assert ar.get(30) == 9
-    finally:
-        dv.block = True
+    sq = ipp.remote(dv)(square)  # block=None: the view's block at each call
+    ar = sq(3)
+    assert ar.get(30) == 9
+    dv.block = True
     assert sq(4) == 16
+    dv.block = False
+    assert sq.map([1, 2]).get(30) == [1, 4]
+
+
+def test_view_remote_takes_the_view_block_when_decorating(rc):
+    # as ipyparallel: @view.remote() / @view.parallel() fix view.block as it is then
+    dv = rc[0]
+    sq = dv.remote()(square)
+    dv.block = True
+    ar = sq(3)
+    assert isinstance(ar, ipp.AsyncResult) and ar.get(30) == 9
+    sq2, bsum = dv.remote()(square), dv.parallel()(block_sum)
+    dv.block = False
+    assert sq2(4) == 16 and bsum([1, 2, 3]) == [6]
 
 
 def test_flags_on_a_direct_view_are_refused_with_the_reason(rc):
@@ -128,16 +202,15 @@ def test_flags_on_a_direct_view_are_refused_with_the_reason(rc):
 
 def test_direct_view_set_flags_and_temp_flags(rc):
     dv = rc[:]
-    with dv.temp_flags(block=False, targets=[0, 1]):
-        ar = dv.apply(square, 3)
-        assert isinstance(ar, ipp.AsyncResult) and ar.get(30) == [9, 9]
-    assert dv.block is True and dv.targets == rc.ids  # restored
+    with dv.temp_flags(block=True, targets=[0, 1]):
+        assert dv.apply(square, 3) == [9, 9]
+    assert dv.block is False and dv.targets == rc.ids  # restored
     dv.set_flags(targets=1)
     try:
-        assert dv.apply(square, 2) == 4
+        assert dv.apply_sync(square, 2) == 4
     finally:
         dv.set_flags(targets="all")
-    assert dv.apply(square, 2) == [4] * NUM_ENGINES
+    assert dv.apply_sync(square, 2) == [4] * NUM_ENGINES
 
 
 def block_sum(xs):
@@ -182,11 +255,11 @@ def test_parallel_on_a_load_balanced_view(rc):
 
 def test_reference_is_the_engines_own_value(rc):
     dv = rc[:]
-    dv.scatter("ref_part", list(range(8)))
-    parts = dv.apply(lambda p: p, ipp.Reference("ref_part"))
+    dv.scatter("ref_part", list(range(8)), block=True)
+    parts = dv.apply_sync(lambda p: p, ipp.Reference("ref_part"))
     assert sum(parts, []) == list(range(8))  # each engine got its own block, nothing sent
-    dv.execute("import types; ref_ns = types.SimpleNamespace(v=3)")
-    assert dv.apply(lambda v: v + 1, ipp.Reference("ref_ns.v")) == [4] * NUM_ENGINES
+    dv.execute("import types; ref_ns = types.SimpleNamespace(v=3)", block=True)
+    assert dv.apply_sync(lambda v: v + 1, ipp.Reference("ref_ns.v")) == [4] * NUM_ENGINES
     with pytest.raises(ipp.RemoteError, match="Reference\\('no_such_name'\\): name 'no_such_name' is not defined"):
         rc[0].apply_sync(lambda v: v, ipp.Reference("no_such_name"))
     with pytest.raises(ValueError, match="names a variable"):
@@ -212,18 +285,18 @@ def test_run_a_file_and_sync_imports(rc, tmp_path, capsys):
     script = tmp_path / "setup_engines.py"
     script.write_text("ran_from_file = 6 * 7\n")
     dv = rc[:]
-    dv.run(str(script))
-    assert dv.pull("ran_from_file") == [42] * NUM_ENGINES
+    dv.run(str(script), block=True)
+    assert dv.pull("ran_from_file", block=True) == [42] * NUM_ENGINES
     with dv.sync_imports():
         import json  # noqa: F401
         from os import path as _p  # noqa: F401
     assert "importing json" in capsys.readouterr().out
-    assert dv.apply(lambda: (json.dumps(1), path.sep)) == [("1", "/")] * NUM_ENGINES  # noqa: F821
+    assert dv.apply_sync(lambda: (json.dumps(1), path.sep)) == [("1", "/")] * NUM_ENGINES  # noqa: F821
     with dv.sync_imports(local=False, quiet=True):
         import colorsys
     assert "imported on the engines only" in repr(colorsys)  # not imported here
-    assert dv.apply(lambda: "colorsys" in __import__("__main__").__dict__) == [True] * NUM_ENGINES
-    assert dv.apply(lambda: colorsys.__name__) == ["colorsys"] * NUM_ENGINES  # the engine's module
+    assert dv.apply_sync(lambda: "colorsys" in __import__("__main__").__dict__) == [True] * NUM_ENGINES
+    assert dv.apply_sync(lambda: colorsys.__name__) == ["colorsys"] * NUM_ENGINES  # the engine's module
 
 
 def test_async_result_msg_ids(rc):
@@ -249,17 +322,17 @@ def test_load_balanced_view_wait(rc):
 
 def test_clear_empties_the_engines_namespaces(rc):
     dv = rc[:]
-    dv.push(dict(clear_a=1, clear_b=[2]))
-    dv.execute("import math; clear_c = math.pi")
+    dv.push(dict(clear_a=1, clear_b=[2]), block=True)
+    dv.execute("import math; clear_c = math.pi", block=True)
     rc.clear(targets=[0, 1])
-    left = dv.apply(lambda: sorted(n for n in __import__("__main__").__dict__ if n.startswith("clear_")))
+    left = dv.apply_sync(lambda: sorted(n for n in __import__("__main__").__dict__ if n.startswith("clear_")))
     assert left[:2] == [[], []] and left[2:] == [["clear_a", "clear_b", "clear_c"]] * (NUM_ENGINES - 2)
     with pytest.raises(ipp.RemoteError, match="NameError"):
-        rc[0].pull("clear_a")
-    dv.clear()
-    assert dv.apply(lambda: [n for n in __import__("__main__").__dict__ if not n.startswith("__")]) == [[]] * NUM_ENGINES
-    dv.push(dict(after_clear=3))  # the engines serve on
-    assert dv.pull("after_clear") == [3] * NUM_ENGINES
+        rc[0].pull("clear_a", block=True)
+    dv.clear(block=True)
+    assert dv.apply_sync(lambda: [n for n in __import__("__main__").__dict__ if not n.startswith("__")]) == [[]] * NUM_ENGINES
+    dv.push(dict(after_clear=3), block=True)  # the engines serve on
+    assert dv.pull("after_clear", block=True) == [3] * NUM_ENGINES
 
 
 def on_engine(i):

@@ -72,9 +72,9 @@ def sabotage_kernel_once():
 def test_error_from_the_engine_itself(rc):
     rc[2].apply_sync(sabotage_kernel_once)
     with pytest.raises(pcluster.EngineInternalError) as ei:
-        rc[2].pull("__name__")
+        rc[2].pull("__name__", block=True)
     assert ei.value.engine_id == 2 and ei.value.ename == "EngineInternalError"
-    assert rc[2].pull("__name__") == "__main__"
+    assert rc[2].pull("__name__", block=True) == "__main__"
 
 
 def test_error_from_the_controller_refusing_a_request(rc):
@@ -113,7 +113,7 @@ def test_error_made_by_this_client(rc):
     descriptors), the request fails with ReplyLost and the connection serves on."""
     if not rc._conn.local:
         pytest.skip("the client does not share /dev/shm with the job")
-    rc[0].execute("big_reply = bytes(4 << 20)")
+    rc[0].execute("big_reply = bytes(4 << 20)", block=True)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     held = []
     try:
@@ -133,7 +133,7 @@ def test_error_made_by_this_client(rc):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert ei.value.engine_id == "client"
     assert "cannot map the reply in shared memory" in ei.value.evalue
-    assert len(rc[0].pull("big_reply")) == 4 << 20
+    assert len(rc[0].pull("big_reply", block=True)) == 4 << 20
 
 
 def test_bad_setting_refused_by_the_client(job, monkeypatch):
