@@ -29,7 +29,8 @@ print("dv.map_sync(x*x, range(8)) ->", dv.map_sync(lambda x: x * x, range(8)))
 x = np.arange(1000)
 dv.scatter("x", x, block=True)
 print("scatter/gather same   ->", np.array_equal(dv.gather("x", block=True), x))
-print("engine sums           ->", dv.apply_sync(lambda: int(x.sum())))  # noqa: F821 - each engine's part
+# x here would be the client's x (sent with the function); Reference("x") is each engine's part
+print("engine sums           ->", dv.apply_sync(lambda part: int(part.sum()), pcluster.Reference("x")))
 
 try:
     rc[0].execute("1 / 0", block=True)
