@@ -127,8 +127,8 @@ class DirectView(ViewCalls):
     def activate(self, suffix=""):
         """Makes %px, %%px, %autopx, %pxresult and %pxconfig (each name + suffix) run on this
         view's engines in the current IPython session, and makes the view blocking (as
-        ipyparallel's rc.activate(): %px waits for the engines; %pxconfig --noblock or
-        view.block = False to not wait)."""
+        ipyparallel's rc.activate() does: %px waits for the engines; %pxconfig --noblock for
+        not waiting)."""
         try:
             from IPython import get_ipython
         except ImportError:
