@@ -72,6 +72,10 @@ class DirectView(ViewCalls):
         self.client = client
         self._targets = targets  # an id, a list of ids, or "all": every live engine when used
         self.block = client.block if block is None else bool(block)
+        # ipyparallel's track=True waits for zmq to let go of the buffers; a request's bytes are
+        # copied or written before the call returns here, so there is nothing to track.
+        self.track = False
+        self.history = []  # msg_ids of the requests sent through this view
 
     @property
     def targets(self):
@@ -89,19 +93,21 @@ class DirectView(ViewCalls):
         return 1 if isinstance(self.targets, numbers.Integral) else len(self.targets)
 
     # --- flags ---
-    _FLAGS = ("block", "targets")
+    _FLAGS = ("block", "targets", "track")
 
     def _check_flags(self, flags):
         unknown = set(flags) - set(self._FLAGS)
         if unknown:
             raise KeyError(
-                f"no flag {', '.join(map(repr, sorted(unknown)))} on a DirectView: its flags are block and targets "
+                f"no flag {', '.join(map(repr, sorted(unknown)))} on a DirectView: its flags are block, targets and track "
                 f"(after, follow, retries and timeout are a load-balanced view's)"
             )
 
     def set_flags(self, **flags):
-        """block= and targets= for the following calls."""
+        """block=, targets= (and track=, accepted: nothing to track) for the following calls."""
         self._check_flags(flags)
+        if "track" in flags:
+            self.track = bool(flags["track"])
         if "targets" in flags:
             t = flags["targets"]
             self._targets = "all" if t in (None, "all") else t
@@ -111,12 +117,12 @@ class DirectView(ViewCalls):
     @contextlib.contextmanager
     def temp_flags(self, **flags):
         """with view.temp_flags(block=False): ... - the flags for the calls inside only."""
-        saved = (self._targets, self.block)
+        saved = (self._targets, self.block, self.track)
         self.set_flags(**flags)
         try:
             yield self
         finally:
-            self._targets, self.block = saved
+            self._targets, self.block, self.track = saved
 
     def interrupt(self):
         """Raise KeyboardInterrupt in the code running on this view's engines (see
@@ -158,6 +164,7 @@ class DirectView(ViewCalls):
                 bufs.extend(p)
         block = self.block if block is None else block
         ar = self.client._submit(msg, bufs, ids, method, single and post is None, post, block, flat, explicit=parts is not None)
+        self.history.append(ar.msg_id)
         if not block:
             return ar
         value = ar.get()

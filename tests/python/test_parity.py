@@ -194,7 +194,7 @@ def test_view_remote_takes_the_view_block_when_decorating(rc):
 
 
 def test_flags_on_a_direct_view_are_refused_with_the_reason(rc):
-    with pytest.raises(KeyError, match="no flag 'retries' on a DirectView: its flags are block and targets"):
+    with pytest.raises(KeyError, match="no flag 'retries' on a DirectView: its flags are block, targets and track"):
         ipp.remote(rc[:], retries=2)(square)
     with pytest.raises(KeyError, match="no flag 'after'"):
         rc[:].set_flags(after=[])
@@ -424,3 +424,20 @@ def test_client_verbs_on_views(rc):
     assert lv.abort() == 0 and dv.spin() is None
     with pytest.raises(ValueError, match="cannot be restarted"):
         dv.shutdown(restart=True)
+
+
+def test_direct_view_history_and_track(rc):
+    """view.history (msg_ids sent through the view) and track= accepted as a flag (a request's
+    bytes are copied or written before the call returns: nothing to track)."""
+    dv = rc[:]
+    a = dv.apply_async(lambda: 1)
+    b = dv.push({"h": 1}, block=True)
+    c = dv.execute("h += 1", block=False)
+    a.get(30), c.get(30)
+    assert len(dv.history) == 3 and dv.history[0] == a.msg_id and dv.history[2] == c.msg_id
+    assert b == [None] * len(rc.ids) and set(dv.history) <= set(rc.history)
+    with dv.temp_flags(track=True):
+        assert dv.track is True
+        ar = dv.apply_async(lambda: 2)
+        assert ar.sent and ar.get(30) == [2] * len(rc.ids)
+    assert dv.track is False
