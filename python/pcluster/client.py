@@ -553,6 +553,8 @@ class Client:
                                  "completed": q.done, "alive": q.alive}
         out["unassigned"] = rep.unassigned
         out["waiting"] = rep.waiting
+        if isinstance(targets, numbers.Integral):  # as ipyparallel: one engine's dict
+            return out[int(targets)]
         return out
 
     def load_balanced_view(self, targets=None):

@@ -441,3 +441,9 @@ def test_direct_view_history_and_track(rc):
         ar = dv.apply_async(lambda: 2)
         assert ar.sent and ar.get(30) == [2] * len(rc.ids)
     assert dv.track is False
+
+
+def test_queue_status_of_one_engine_is_its_dict(rc):
+    one = rc.queue_status(targets=rc.ids[0])
+    assert set(one) >= {"queue", "completed"} and isinstance(one["completed"], int)
+    assert rc.queue_status()[rc.ids[0]].keys() == one.keys()
