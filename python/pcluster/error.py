@@ -124,7 +124,11 @@ def from_reply(r, method):
 
 
 class CompositeError(RemoteError):
-    """Errors from several engines; elist holds one RemoteError per failing engine."""
+    """Errors from several engines; elist holds one RemoteError per failing engine. str() and
+    render_traceback() show the first `tb_limit` (4, as ipyparallel) and count the rest: 64
+    engines failing alike are one screen, not 64 tracebacks."""
+
+    tb_limit = 4
 
     def __init__(self, message, elist):
         self.msg = message
@@ -137,7 +141,9 @@ class CompositeError(RemoteError):
 
     def __str__(self):
         lines = [f"{self.msg}"]
-        lines += [f"  {e}" for e in self.elist]
+        lines += [f"  {e}" for e in self.elist[: self.tb_limit]]
+        if len(self.elist) > self.tb_limit:
+            lines.append(f".... {len(self.elist) - self.tb_limit} more exceptions ...")
         return "\n".join(lines)
 
     def __repr__(self):
@@ -145,10 +151,12 @@ class CompositeError(RemoteError):
 
     def render_traceback(self, excid=None):
         lines = [self.msg]
-        chosen = self.elist if excid is None else [self.elist[excid]]
+        chosen = self.elist[: self.tb_limit] if excid is None else [self.elist[excid]]
         for e in chosen:
             lines.append("")
             lines += e.render_traceback()
+        if excid is None and len(self.elist) > self.tb_limit:
+            lines += ["", f"... {len(self.elist) - self.tb_limit} more exceptions ..."]
         return lines
 
     def _render_traceback_(self):

@@ -447,3 +447,17 @@ def test_queue_status_of_one_engine_is_its_dict(rc):
     one = rc.queue_status(targets=rc.ids[0])
     assert set(one) >= {"queue", "completed"} and isinstance(one["completed"], int)
     assert rc.queue_status()[rc.ids[0]].keys() == one.keys()
+
+
+def test_composite_error_tb_limit(rc):
+    """CompositeError.tb_limit (4, as ipyparallel): str() and the traceback show that many, then count the rest."""
+    try:
+        rc[:].execute("raise ValueError('each engine')", block=True)
+    except ipp.CompositeError as e:
+        assert e.tb_limit == 4 and len(e.elist) == NUM_ENGINES
+        e.tb_limit = 1
+        assert str(e).count("ValueError") == 1 and f"{NUM_ENGINES - 1} more exceptions" in str(e)
+        assert "\n".join(e.render_traceback()).count("each engine") >= 1
+        assert f"{NUM_ENGINES - 1} more exceptions" in "\n".join(e.render_traceback())
+    else:
+        pytest.fail("no CompositeError")
