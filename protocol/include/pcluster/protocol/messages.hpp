@@ -348,8 +348,16 @@ struct engine_reply {
     std::string stdout_text;
     std::string stderr_text;
     std::optional<std::string> execute_result;
+    // What the request showed through IPython's display protocol: empty (the common case, no
+    // cost) or bytes, a pickle (cloudpickle, protocol 5, in band) made by pcluster._rich of
+    // {"outputs": [{"data": {mime: str}, "metadata": {...}}, ...] (display(), figures; binary
+    // types base64 as in Jupyter), "execute_result": the final expression's mimebundle {"data",
+    // "metadata"} when it has more than text/plain, "data": what publish_data() published}. At
+    // most PCLUSTER_MAX_REPLY_RICH bytes: outputs past it are replaced by a text/plain note.
+    // Opaque to the controller and the bridge; unpickled only by the client.
+    std::string rich_output;
     PCLUSTER_FIELDS(engine_reply, id, engine, origin, status, kind, ename, evalue, traceback, started, completed,
-                    stdout_text, stderr_text, execute_result)
+                    stdout_text, stderr_text, execute_result, rich_output)
 };
 
 // The one constructor of error replies, for every origin (engines' kernel and C++ side,
