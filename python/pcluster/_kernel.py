@@ -166,7 +166,8 @@ def _compiled_interactive(code):
     except SyntaxError as e:
         tree = ast.parse(_rich.ipython_source(code, e), name, "exec")
     last = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
+    # As IPython: a cell ending in ';' shows no value.
+    if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
         last = compile(ast.Expression(tree.body.pop().value), name, "eval")
     return compile(tree, name, "exec"), last
 
