@@ -6,7 +6,6 @@ display_outputs), the magics' --group-outputs / --verbose / view.block, and a re
 InteractiveShell, a real ipykernel."""
 
 import base64
-import os
 import re
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import cloudpickle
 import pytest
 
 import pcluster
+from conftest import execute_notebook
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -72,12 +72,17 @@ def test_plain_python_builds_no_shell_and_big_output_is_a_note(start_job):
 def test_display_without_import_is_a_builtin(start_job):
     """display() needs no import on an engine (ipyparallel's engines have it as a builtin); the
     first call builds the shell."""
-    j = start_job(2)
+    j = start_job(3)
     with pcluster.Client(str(j.path), timeout=10) as rc:
-        assert rc[0].apply_sync(_engine_state) == (False, False)
+        assert rc[:].apply_sync(_engine_state) == [(False, False)] * 2
         ar = rc[0].execute("display({'k': 1})", block=True)
         assert ar.outputs == [{"data": {"text/plain": "{'k': 1}"}, "metadata": {}}]
         assert rc[0].apply_sync(_engine_state) == (True, True)
+        # importing IPython in the engine's code builds the shell right away, so IPython's own
+        # display() (not the builtin) publishes rather than printing a repr
+        ar = rc[1].execute("from IPython.display import HTML, display as d\nd(HTML('<p>w</p>'))", block=True)
+        assert ar.stdout == "" and ar.outputs[0]["data"]["text/html"] == "<p>w</p>", (ar.stdout, ar.outputs)
+        assert rc[1].apply_sync(_engine_state) == (True, True)
 
 
 # --------------------------------------------------------------------------- IPython syntax
@@ -126,6 +131,11 @@ def test_display_html_comes_back_as_mimebundles(rc):
         assert o[0]["metadata"] == {"isolated": True}
     assert rc[2].execute("display(HTML('x'))", block=True).outputs == [{"data": {"text/plain": "<IPython.core.display.HTML object>", "text/html": "x"}, "metadata": {}}]
     assert [m["outputs"] for m in ar.metadata] == outs
+    # what was displayed before an error still comes back, with the error
+    ar = rc[3].execute("display(HTML('<b>before the error</b>'))\n1 / 0", block=False)
+    with pytest.raises(pcluster.RemoteError, match="ZeroDivisionError"):
+        ar.get(LONG)
+    assert [o["data"]["text/html"] for o in ar.outputs] == ["<b>before the error</b>"]
 
 
 class Rich:
@@ -195,7 +205,7 @@ def test_display_outputs_as_text_outside_ipython(rc, capsys):
     ar = rc[0:2].execute("print('out')\ndisplay(HTML('<b>h</b>'))\n'val'", silent=False, block=False)
     assert ar.wait_for_output(LONG) is True
     capsys.readouterr()
-    ar.display_outputs()  # type: all stdout, then the outputs, then the results
+    ar.display_outputs()  # by type: all stdout, then the outputs, then the results
     shown = capsys.readouterr().out
     assert shown == ("[stdout:0] out\n[stdout:1] out\n"
                      "[output:0] <IPython.core.display.HTML object>\n[output:1] <IPython.core.display.HTML object>\n"
@@ -290,18 +300,12 @@ NOTEBOOK = Path(__file__).resolve().parent / "notebooks" / "rich_output.ipynb"
 
 @pytest.fixture(scope="module")
 def notebook(job):
-    """notebooks/rich_output.ipynb executed by nbclient in a real ipykernel against the shared
-    job; cells that fail leave an error output (allow_errors), checked per cell."""
+    """notebooks/rich_output.ipynb executed once by nbclient in a real ipykernel against the
+    shared job: {cell id: its outputs}."""
     nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("nbclient")
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    pkg = str(Path(pcluster.__file__).resolve().parent.parent)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PYTHONPATH", os.pathsep.join(p for p in [pkg, os.environ.get("PYTHONPATH", "")] if p))
-        mp.setenv("PCLUSTER_CONNECTION_FILE", str(job.path))
-        mp.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-        nbclient.NotebookClient(nb, kernel_name="python3", timeout=120, startup_timeout=60, allow_errors=True,
-                                resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    execute_notebook(nb, job, NOTEBOOK.parent, timeout=120)
     return {c.get("id"): c.outputs for c in nb.cells if c.cell_type == "code"}
 
 

@@ -135,8 +135,10 @@ struct auth_reply {
     PCLUSTER_FIELDS(auth_reply, ok, message, client_no, mac, engines, shm_ok)
 };
 
-// Runs `code` in each target's namespace. Unless `silent`, a final expression statement's value
-// comes back as the reply's execute_result (its repr), as IPython shows Out[...].
+// Runs `code` in each target's namespace; code Python cannot compile may be IPython syntax
+// (%magics, !cmd), run through the engine's IPython shell. Unless `silent`, a final expression
+// statement's value (none when the cell ends in ';') comes back as the reply's execute_result
+// (its repr), as IPython shows Out[...], and its rich mimebundle, if any, in rich_output.
 struct execute_request {
     route r;
     std::string code;
