@@ -125,13 +125,21 @@ def post_execute():
 
 
 # --- rich execute results ------------------------------------------------------------------------
+_rich_types = {}  # class -> whether it has a rich repr (a dozen attribute misses cost 2 us a value)
+
+
 def bundle(value):
     """The mimebundle {"data", "metadata"} of a cell's final value when IPython would show more
     than text/plain, else None. Without a shell, values whose class has no rich repr return at
     once."""
     if _shell is None:
         t = type(value)
-        if not any(hasattr(t, name) for name in _REPRS):
+        rich = _rich_types.get(t)
+        if rich is None:
+            if len(_rich_types) > 1024:
+                _rich_types.clear()
+            rich = _rich_types[t] = any(hasattr(t, name) for name in _REPRS)
+        if not rich:
             return None
         try:
             shell()
