@@ -32,11 +32,12 @@ def one():
     try:
         pre = s.recv(24, socket.MSG_WAITALL)
         if len(pre) < 24: return
+        version = P.unpack(pre)[1]  # speak the bridge's own version: a wrong key, not a wrong version
         body = s.recv(P.unpack(pre)[5], socket.MSG_WAITALL)
         nonce = body[1:33]
         mac = hmac.new(wrong, b"pcluster-client" + nonce, hashlib.sha256).digest()
         meta = b"\x01" + mac + os.urandom(32) + struct.pack("<Q", 0) + bytes(32)
-        s.sendall(P.pack(0x314C4350, 2, 2, len(meta), 0, len(meta)) + meta)
+        s.sendall(P.pack(0x314C4350, version, 2, len(meta), 0, len(meta)) + meta)
         s.recv(1 << 16)
         count[1] += 1
     finally:

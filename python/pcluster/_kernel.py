@@ -13,7 +13,7 @@ import time
 import traceback
 import types
 
-from . import _core, engine, error, serialize
+from . import _core, _rich, engine, error, serialize
 
 try:
     import _pcluster_engine as _capture  # built into the engine program
@@ -81,6 +81,7 @@ def start(engine_id, num_engines, comm_handle):
         signal.signal(_interrupt_signal, _on_interrupt)
         signal.signal(signal.SIGINT, _on_sigint)
         os._exit = _exit_with_last_words
+        _rich.start()
 
 
 # --- interrupts and last words ------------------------------------------------------------------
@@ -138,8 +139,14 @@ _cell = itertools.count(1)
 @functools.lru_cache(maxsize=256)
 def _compiled(code):
     """Code objects of recently run cells: a loop that runs the same cell again skips the
-    compiler."""
-    return compile(code, _cell_name(code), "exec")
+    compiler. A cell Python cannot compile may be IPython syntax (%timeit, !ls, %%time):
+    IPython's transformer makes Python of it (_rich.ipython_source; plain Python never gets
+    there), else its SyntaxError is the cell's error."""
+    name = _cell_name(code)
+    try:
+        return compile(code, name, "exec")
+    except SyntaxError as e:
+        return compile(_rich.ipython_source(code, e), name, "exec")
 
 
 def _cell_name(code):
@@ -154,9 +161,13 @@ def _compiled_interactive(code):
     """(statements, final expression or None): a cell whose last statement is an expression
     shows that expression's value, as IPython's Out[...]."""
     name = _cell_name(code)
-    tree = ast.parse(code, name, "exec")
+    try:
+        tree = ast.parse(code, name, "exec")
+    except SyntaxError as e:
+        tree = ast.parse(_rich.ipython_source(code, e), name, "exec")
     last = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
+    # As IPython: a cell ending in ';' shows no value.
+    if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
         last = compile(ast.Expression(tree.body.pop().value), name, "eval")
     return compile(tree, name, "exec"), last
 
@@ -177,6 +188,16 @@ def _handles(name):
 
 @_handles("execute_request")
 def _execute(msg, shared, part):
+    if _rich.shell_built():  # IPython's cell events: %matplotlib inline shows figures after a cell
+        _rich.pre_execute()
+        try:
+            return _run_cell(msg)
+        finally:
+            _rich.post_execute()
+    return _run_cell(msg)
+
+
+def _run_cell(msg):
     if msg.silent:
         exec(_compiled(msg.code), _ns)
         return None
@@ -186,7 +207,9 @@ def _execute(msg, shared, part):
         value = eval(last, _ns)
         if value is not None:
             _ns["_"] = value
-            return _ExecuteResult(repr(value))
+            result = _ExecuteResult(repr(value))
+            result.bundle = _rich.bundle(value)
+            return result
     return None
 
 
@@ -203,7 +226,10 @@ _MAX_TEXT = _core.setting("PCLUSTER_MAX_REPLY_TEXT")
 
 
 class _ExecuteResult(str):
-    """The repr of a cell's final expression: goes in the reply's execute_result."""
+    """The repr of a cell's final expression: goes in the reply's execute_result; `bundle`, its
+    mimebundle when it has more than text/plain, goes in rich_output."""
+
+    bundle = None
 
 
 @_handles("push_request")
@@ -360,6 +386,7 @@ def handle(frame, part):
     msg_id = 0
     bufs = []
     execute_result = None
+    result_bundle = None
     capturing = False
     global _current
     try:
@@ -376,6 +403,7 @@ def handle(frame, part):
         result = _handlers[type(msg)](msg, shared, parts)
         if type(result) is _ExecuteResult:
             execute_result = _cut(str(result))
+            result_bundle = result.bundle
             result = None
         try:
             bufs = serialize.dumps(result)
@@ -404,12 +432,18 @@ def handle(frame, part):
             out = _capture.finish()  # also: the request no longer runs, for interrupts
             if capturing and out is not None:  # None: nothing was printed
                 rep.stdout_text, rep.stderr_text = out
+        if result_bundle is not None or _rich_outputs or _rich_data:  # display(), figures, publish_data
+            try:
+                rep.rich_output = _rich.take(result_bundle)
+            except BaseException as e:  # noqa: B036 - the reply goes out whatever its rich part does
+                rep.stderr_text += f"\npcluster engine: the rich output could not be sent ({type(e).__name__}: {e})\n"
     rep.started = started
     rep.completed = time.time()
     return [_core.encode_reply(rep, bufs)] + bufs
 
 
 _Reply = _core.engine_reply
+_rich_outputs, _rich_data = _rich.outputs, _rich.data  # emptied in place by _rich.take
 _ENGINE = _core.reply_origin.engine
 _NO_KIND = _core.error_kind.none
 _UNMET = _core.error_kind.UnmetDependency

@@ -10,6 +10,7 @@ asyncio loop or a GUI main thread: nothing it waits for runs on the thread it bl
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import time
 
@@ -88,6 +89,7 @@ class AsyncResult(concurrent.futures.Future):
         self._out_seen = 0
         self._taken = None  # an outcome taken off the connection and not yet settled
         self._absorbed = False
+        self._rich = None  # engine -> its reply's rich output, unpickled on first use
 
     def __repr__(self):
         state = "finished" if self.done() else "pending"
@@ -433,7 +435,9 @@ class AsyncResult(concurrent.futures.Future):
                 "status": ("ok" if r.ok else "error") if r else "pending",
                 "stdout": self._out.get(t, ["", ""])[0],
                 "stderr": self._out.get(t, ["", ""])[1],
-                "execute_result": r.execute_result if r else None,
+                "execute_result": self._execute_reply(r),
+                "outputs": self._rich_of(t).get("outputs", []),
+                "data": self._rich_of(t).get("data", {}),
                 "error": from_reply(r, self._method) if r and not r.ok else None,
             }
             mds.append(md)
@@ -460,10 +464,53 @@ class AsyncResult(concurrent.futures.Future):
 
     @property
     def execute_result(self):
-        """execute(..., silent=False): repr of each engine's final expression (None if none)."""
+        """execute(..., silent=False): repr of each engine's final expression (None if none), a
+        str that is also ipyparallel's ExecuteReply: .data holds the value's mimebundle (HTML,
+        images... and text/plain), .metadata its metadata."""
         self.wait()
-        vals = [self._replies[t].execute_result if t in self._replies else None for t in self._targets]
+        vals = [self._execute_reply(self._replies.get(t)) for t in self._targets]
         return vals[0] if self._single else vals
+
+    def _execute_reply(self, r):
+        if r is None or r.execute_result is None:
+            return None
+        from .display import ExecuteReply
+
+        return ExecuteReply(r.execute_result, self._rich_of(r.engine).get("execute_result"))
+
+    # --- rich output (IPython's display protocol on the engines) ---
+    def _rich_of(self, engine):
+        """{"outputs", "execute_result", "data"} that `engine`'s reply carried ({} when none or
+        not in yet): the engine's pcluster._rich.take(), unpickled once."""
+        r = self._replies.get(engine)
+        if r is None:
+            return {}
+        if self._rich is None:
+            self._rich = {}
+        got = self._rich.get(engine)
+        if got is None:
+            blob = r.rich_output
+            got = self._rich[engine] = serialize.loads([blob]) if blob else {}
+        return got
+
+    def _rich_per(self, key, empty):
+        self.ready()
+        vals = [self._rich_of(t).get(key, empty) for t in self._targets]
+        return vals[0] if self._single else vals
+
+    @property
+    def outputs(self):
+        """What each engine showed with IPython's display protocol - display(), %matplotlib
+        inline figures (image/png) - as ipyparallel's: per engine (one engine: the list itself)
+        a list of {"data": {mime: str}, "metadata": {...}}, binary types base64. Empty until the
+        engine's reply is in (they travel with it)."""
+        return self._rich_per("outputs", [])
+
+    @property
+    def data(self):
+        """What each engine published with pcluster.datapub.publish_data (ipyparallel's
+        ar.data): per engine a dict, one engine: the dict. Arrives with the reply."""
+        return self._rich_per("data", {})
 
     def _new_output(self):
         """(engine, stream, text) chunks not returned before: for live printing."""
@@ -504,15 +551,57 @@ class AsyncResult(concurrent.futures.Future):
             return len(self._targets)
         return len(self._client._conn.wait_count(self.msg_id, 0, 0))
 
-    def display_outputs(self, groupby="engine"):
-        """Prints what each engine printed, labelled [stdout:3] as %px does."""
+    def display_outputs(self, groupby="type", result_only=False):
+        """Shows what the engines printed and displayed, as ipyparallel: labelled [stdout:3],
+        [output:3], Out[3]; inside IPython/Jupyter display outputs and rich results show rich
+        (HTML, images), elsewhere as their text. groupby: "type" (all stdout, all stderr, then
+        display outputs and results), "engine" (one engine after the other) or "order" (as type,
+        every engine's first display output, then every engine's second...). result_only: only
+        the execute results. Waits for the result."""
+        self._show_outputs(groupby, streams=not result_only, rich=not result_only)
+
+    def _show_outputs(self, groupby="type", streams=True, rich=True, count=None):
+        from .display import show
+
         self.wait()
+        self._pull_output()
+        ts = self._targets
+        with _out_lock:
+            text = [self._out.get(t, ["", ""]) for t in ts]
+        outs = [self._rich_of(t).get("outputs", []) if rich else [] for t in ts]
+        results = [self._execute_reply(self._replies.get(t)) for t in ts]
+        show(ts, [o for o, _ in text], [e for _, e in text], outs, results, groupby, streams, count)
+
+    def wait_for_output(self, timeout=-1):
+        """ipyparallel's: waits until the output is complete - here it travels with the reply,
+        so until the result is in; True when it is."""
+        return self.wait(timeout)
+
+    @contextlib.contextmanager
+    def stream_output(self):
+        """ipyparallel's: within the block, what the engines print is shown as it arrives,
+        labelled [stdout:3] (a thread prints it, every 0.1 s); leaving it shows the rest."""
         from .display import print_stream
 
-        for t in self._targets:
-            out, err = self._out.get(t, ["", ""])
-            print_stream("stdout", t, out)
-            print_stream("stderr", t, err)
+        stop = threading.Event()
+
+        def pump():
+            while True:
+                for engine, stream, text in self._new_output():
+                    print_stream(stream, engine, text)
+                if stop.is_set() or self.done():
+                    break
+                stop.wait(0.1)
+
+        t = threading.Thread(target=pump, name="pcluster-stream-output", daemon=True)
+        t.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            t.join(5.0)  # bounded: one pass of printing
+            for engine, stream, text in self._new_output():
+                print_stream(stream, engine, text)
 
     def wait_interactive(self, interval=0.1, timeout=-1, return_value=False):
         """Waits with a progress bar (tqdm; a widget in Jupyter when ipywidgets is there) of

@@ -7,6 +7,7 @@ import itertools
 import json
 import numbers
 import os
+import sys
 import threading
 import time
 import weakref
@@ -184,6 +185,10 @@ class Client:
         self._pending = {}  # msg_id -> AsyncResult, until resolved
         self._results = threading.Thread(target=self._results_loop, name="pcluster-results", daemon=True)
         self._results.start()
+        if "IPython" in sys.modules:  # maybe inside IPython or Jupyter: %px comes with a Client
+            from . import magics
+
+            magics.load_if_in_ipython()
 
     # --- engines ---
     @property
@@ -292,8 +297,10 @@ class Client:
         return self.direct_view(targets)
 
     def activate(self, targets="all", suffix=""):
-        """%px and friends (name + suffix) on a DirectView of targets; returns the view."""
+        """%px and friends (name + suffix) on a DirectView of targets, blocking (as
+        ipyparallel's); returns the view."""
         view = self.direct_view(targets)
+        view.block = True
         view.activate(suffix)
         return view
 

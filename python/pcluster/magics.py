@@ -1,17 +1,20 @@
 """IPython magics, as in ipyparallel: %px, %%px, %autopx, %pxresult, %pxconfig.
 
-Loaded by ``%load_ext pcluster`` (they use the newest open Client's engines, all of them) or by
-``view.activate()`` (they use that view). %px prints each engine's output labelled
-``[stdout:3]`` while a long cell runs, the value of a cell's last expression as
-``Out[3:1]: ...``, and raises a CompositeError that IPython shows with every remote traceback.
+Loaded by ``%load_ext pcluster``, or when a Client is made inside IPython and no %px exists yet
+(they use the newest open Client's engines, all of them), or by ``view.activate()`` (they use
+that view, and follow its ``block``). %px prints each engine's output labelled ``[stdout:3]``
+while a long cell runs, then what the engines displayed (display(), figures: rich in Jupyter) and
+the value of a cell's last expression as ``Out[3:1]: ...``, and raises a CompositeError that
+IPython shows with every remote traceback.
 """
 
 import re
+import sys
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, magics_class
 
-from .display import print_execute_result, print_stream
+from .display import GROUPINGS, print_stream
 
 def parse_targets(text):
     """'all', '3', '0:4', '::2', '1,3', '[0, 2]' -> what Client views take."""
@@ -31,8 +34,9 @@ def parse_targets(text):
 
 
 class _Options:
-    def __init__(self, targets, block, stream, local=False):
+    def __init__(self, targets, block, stream, local=False, groupby="type"):
         self.targets, self.block, self.stream, self.local = targets, block, stream, local
+        self.groupby = groupby  # how outputs are grouped (AsyncResult.display_outputs)
 
 
 def _split_options(line, allowed):
@@ -44,8 +48,11 @@ def _split_options(line, allowed):
         if not m:
             break
         name = m.group(1).lstrip("-").replace("-", "_")
-        if name in ("t",):
-            name = "targets"
+        name = {"t": "targets", "e": "group_outputs=engine", "r": "group_outputs=order"}.get(name, name)
+        if name.startswith("group_outputs=") and "group_outputs" in allowed:
+            opts["group_outputs"] = name.split("=")[1]
+            rest = rest[m.end():]
+            continue
         if name not in allowed:
             raise UsageError(f"unknown option {m.group(1)}: this magic takes " + ", ".join("--" + a.replace("_", "-") for a in allowed))
         rest = rest[m.end():]
@@ -54,6 +61,12 @@ def _split_options(line, allowed):
             if not v:
                 raise UsageError("--targets needs a value: all, an engine id, a slice like 0:4, or ids like 1,3")
             opts["targets"] = parse_targets(v.group(1))
+            rest = rest[v.end():]
+        elif name == "group_outputs":
+            v = re.match(r"\s*=?\s*(\w+)", rest)
+            if not v or v.group(1) not in GROUPINGS:
+                raise UsageError("--group-outputs takes " + ", ".join(GROUPINGS))
+            opts["group_outputs"] = v.group(1)
             rest = rest[v.end():]
         else:
             opts[name] = True
@@ -69,8 +82,9 @@ class ParallelMagics(Magics):
         self.view = view
         self.suffix = suffix
         self.targets = None  # None: the view's own targets
-        self.block = True
+        self.block = None  # None: the view's block (%pxconfig --block/--noblock sets the view's)
         self.stream = True
+        self.verbose = False
         self.last_result = None
         self._autopx = False
         self._count = 0
@@ -104,9 +118,11 @@ class ParallelMagics(Magics):
             view = view.client[t] if t != "all" else view.client[:]
         return view
 
-    def _options(self, line, allowed=("targets", "block", "noblock", "stream", "no_stream", "local")):
+    def _options(self, line, allowed=("targets", "block", "noblock", "stream", "no_stream", "local", "group_outputs")):
         opts, rest = _split_options(line, allowed)
-        block = self.block
+        # No activated view (%load_ext, or the magics a Client registered): blocking, as the
+        # view ipyparallel's Client activates then (views themselves start non-blocking).
+        block = self.block if self.block is not None else self.view.block if self.view is not None else True
         if opts.get("block"):
             block = True
         if opts.get("noblock"):
@@ -116,20 +132,23 @@ class ParallelMagics(Magics):
             stream = True
         if opts.get("no_stream"):
             stream = False
-        return _Options(opts.get("targets"), block, stream, opts.get("local", False)), rest
+        return _Options(opts.get("targets"), block, stream, opts.get("local", False), opts.get("group_outputs", "type")), rest
 
     # --- %px / %%px ---
     def px_line(self, line):
         """%px [--targets T] [--block|--noblock] [--stream|--no-stream] [--local] code
-        Runs code on the engines (all of the active view's by default)."""
-        opts, code = self._options(line)
+        Runs code on the engines (all of the active view's by default). Code may use IPython
+        syntax (%timeit, !cmd, %matplotlib inline) where the engines have IPython."""
+        opts, code = self._options(line, ("targets", "block", "noblock", "stream", "no_stream", "local"))
         if not code:
             raise UsageError("%px needs code to run, e.g. %px import numpy as np")
         return self._run(code, opts)
 
     def px_cell(self, line, cell):
         """%%px [--targets T] [--block|--noblock] [--stream|--no-stream] [--local]
-        Runs the cell on the engines; --local also runs it here."""
+        [--group-outputs=type|engine|order] (-e: engine, -r: order)
+        Runs the cell on the engines; --local also runs it here. What the engines displayed is
+        shown after their printed output, grouped as AsyncResult.display_outputs(groupby)."""
         opts, rest = self._options(line)
         if rest:
             raise UsageError(f"%%px takes only options on its line, not {rest!r}")
@@ -137,6 +156,9 @@ class ParallelMagics(Magics):
 
     def _run(self, code, opts):
         view = self._view(opts.targets)
+        if self.verbose:
+            t = view.targets
+            print(f"{'Parallel' if opts.block else 'Async parallel'} execution on engine(s): {t}")
         if opts.local:
             self.shell.run_cell(code)
         ar = view.execute(code, silent=False, block=False)
@@ -145,10 +167,10 @@ class ParallelMagics(Magics):
         self.last_result = ar
         if not opts.block:
             return ar
-        self._show(ar, opts.stream)
+        self._show(ar, opts.stream, opts.groupby)
         return None
 
-    def _show(self, ar, stream):
+    def _show(self, ar, stream, groupby="type"):
         try:
             while not ar.wait(0.1 if stream else None):
                 if stream:
@@ -159,16 +181,11 @@ class ParallelMagics(Magics):
         if stream:
             self._print_output(ar)
         else:
-            # Each engine's whole output once, under one label (what streamed is not split up).
-            ar._new_output()  # mark everything as shown
-            for t, out, err in zip(ar._targets, _as_list(ar, ar.stdout), _as_list(ar, ar.stderr)):
-                print_stream("stdout", t, out)
-                print_stream("stderr", t, err)
-        if ar.successful():
-            for engine, value in zip(ar._targets, _as_list(ar, ar.execute_result)):
-                if value is not None:
-                    print_execute_result(engine, value, getattr(ar, "_px_count", None))
-        else:
+            ar._new_output()  # everything is shown below, each engine's output under one label
+        # Then what the engines displayed and the values of their cells (an error: none), and
+        # without streaming the whole output, grouped as display_outputs(groupby) does.
+        ar._show_outputs(groupby, streams=not stream, count=getattr(ar, "_px_count", None))
+        if not ar.successful():
             ar.get()  # raises the CompositeError / RemoteError, which IPython renders remotely
 
     @staticmethod
@@ -178,26 +195,38 @@ class ParallelMagics(Magics):
 
     # --- %pxresult, %pxconfig, %autopx ---
     def pxresult(self, line=""):
-        """%pxresult: waits for the last %px/%%px (--noblock) and shows its output and result."""
+        """%pxresult [--group-outputs=type|engine|order]: waits for the last %px/%%px (--noblock)
+        and shows its output, what it displayed (rich in Jupyter) and its result."""
+        opts, rest = _split_options(line, ("group_outputs",))
+        if rest:
+            raise UsageError(f"%pxresult takes only --group-outputs, not {rest!r}")
         if self.last_result is None:
             raise UsageError("no %px result yet: run %px or %%px --noblock first")
-        self._show(self.last_result, stream=True)
+        self._show(self.last_result, True, opts.get("group_outputs", "type"))
 
     def pxconfig(self, line):
-        """%pxconfig [--targets T] [--block|--noblock] [--stream|--no-stream]: defaults for %px."""
-        opts, rest = _split_options(line, ("targets", "block", "noblock", "stream", "no_stream"))
+        """%pxconfig [--targets T] [--block|--noblock] [--stream|--no-stream]
+        [--verbose|--no-verbose]: defaults for %px. --block/--noblock set the activated view's
+        block (which %px follows); --verbose prints where each %px runs."""
+        opts, rest = _split_options(line, ("targets", "block", "noblock", "stream", "no_stream", "verbose", "no_verbose"))
         if rest:
             raise UsageError(f"%pxconfig takes only options, not {rest!r}")
         if "targets" in opts:
             self.targets = opts["targets"]
-        if opts.get("block"):
-            self.block = True
-        if opts.get("noblock"):
-            self.block = False
+        for flag, value in (("block", True), ("noblock", False)):
+            if opts.get(flag):
+                if self.view is not None:
+                    self.view.block = value
+                else:
+                    self.block = value
         if opts.get("stream"):
             self.stream = True
         if opts.get("no_stream"):
             self.stream = False
+        if opts.get("verbose"):
+            self.verbose = True
+        if opts.get("no_verbose"):
+            self.verbose = False
 
     def autopx(self, line=""):
         """%autopx: every following cell runs on the engines, until %autopx again."""
@@ -221,10 +250,16 @@ class ParallelMagics(Magics):
         return [f"%%px{self.suffix}\n"] + list(lines)
 
 
-def _as_list(ar, value):
-    return [value] if ar._single else list(value)
-
-
 def load(shell, view=None, suffix=""):
     """Registers the magics with `shell`; returns the ParallelMagics instance."""
     return ParallelMagics(shell, view=view, suffix=suffix)
+
+
+def load_if_in_ipython():
+    """A Client made inside IPython or Jupyter registers %px and friends (on the newest Client's
+    engines) unless some %px exists already, as ipyparallel's Client does. Outside IPython it
+    costs a dict lookup: IPython is never imported here."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    if shell is not None and "px" not in shell.magics_manager.magics["line"]:
+        load(shell)

@@ -127,6 +127,9 @@ class AsyncMapResult(AsyncResult):
     def metadata(self):
         return [c.metadata for c in self._children]
 
+    def _rich_per(self, key, empty):  # outputs, data: per chunk
+        return [c._rich_per(key, empty) for c in self._children]
+
     @property
     def elapsed(self):
         if not self._children:

@@ -349,6 +349,8 @@ PYBIND11_MODULE(_core, m) {
             if (!r.control) return py::none();
             return py::cast(*r.control);
         })
+        // bytes (pcluster._rich's pickle), b"" when the request showed no rich output
+        .def_property_readonly("rich_output", [](const reply& r) { return py::bytes(r.meta.rich_output); })
         .def_property_readonly("execute_result", [](const reply& r) -> py::object {
             if (!r.meta.execute_result) return py::none();
             return py::str(*r.meta.execute_result);

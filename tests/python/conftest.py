@@ -69,6 +69,26 @@ def job_env(extra=None):
     return env
 
 
+def execute_notebook(nb, job, path, client_class=None, timeout=60):
+    """Executes notebook `nb` (nbformat, run in folder `path`) with nbclient in a real ipykernel
+    that imports pcluster from this build and finds `job` through $PCLUSTER_CONNECTION_FILE.
+    Cells that fail leave an error output (allow_errors), so one failure does not hide the
+    others. Returns the NotebookClient."""
+    import nbclient
+
+    pkg = str(Path(pcluster.__file__).resolve().parent.parent)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join(p for p in [pkg, os.environ.get("PYTHONPATH", "")] if p))
+        mp.setenv("PCLUSTER_CONNECTION_FILE", str(job.path))
+        mp.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        client = (client_class or nbclient.NotebookClient)(
+            nb, kernel_name="python3", timeout=timeout, startup_timeout=60, allow_errors=True,
+            resources={"metadata": {"path": str(path)}},
+        )
+        client.execute()
+    return client
+
+
 # --------------------------------------------------------------------------- launchers
 class MpirunLauncher:
     """`mpirun -n N [--oversubscribe] pcluster ARGS`."""

@@ -2,12 +2,12 @@
 frames recorded from a real client and replayed with other ids. What an attacker or a broken
 client can send; used by tests/python/test_hardening.py and bench/soak_backpressure.py.
 
-Speaks the current protocol (VERSION 3; version 2 frames are laid out alike) and, for before/after figures, that of a499dd7 and
+Speaks the current protocol (VERSION 4; versions 2 and 3 frames are laid out alike) and, for before/after figures, that of a499dd7 and
 earlier (OLD_VERSION 1: cereal wrote a u32 class version ahead of each struct's fields, so a
 request's id sits 8 bytes further in). Raw takes the version its bridge's challenge carries.
 
 pcluster is imported only where a real client is needed (record_requests, auth_request_meta at
-VERSION 3), so the caller chooses which build's package is on sys.path.
+VERSION 4), so the caller chooses which build's package is on sys.path.
 """
 
 import contextlib
@@ -21,10 +21,11 @@ import threading
 import time
 
 MAGIC = 0x314C4350
-VERSION = 3
+VERSION = 4
 OLD_VERSION = 1
-# Versions whose frames put the request id where VERSION's do (2 to 3 added control_reply.records).
-SAME_LAYOUT = (3, 2)
+# Versions whose frames put the request id where VERSION's do (2 to 3 added control_reply.records,
+# 3 to 4 engine_reply.rich_output).
+SAME_LAYOUT = (4, 3, 2)
 PREFIX = struct.Struct("<IHHIIQ")
 T_CHALLENGE, T_AUTH_REQUEST, T_AUTH_REPLY = 1, 2, 3
 T_EXECUTE, T_SHM_FRAME, T_SHM_RETURN, T_ENGINE_REPLY = 10, 20, 21, 40

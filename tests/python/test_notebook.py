@@ -4,7 +4,6 @@ checks the outputs of its own cells, found by cell id. Cells that fail leave an 
 (allow_errors) so that one failure does not hide the others."""
 
 import datetime
-import os
 import re
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-import pcluster
+from conftest import execute_notebook
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -91,22 +90,7 @@ def executed(job):
     if not job.running():
         pytest.fail(f"the shared pcluster job is gone\n{job.describe()}")
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    pkg = str(Path(pcluster.__file__).resolve().parent.parent)
-    with pytest.MonkeyPatch.context() as mp:
-        # The kernel inherits this environment: it imports pcluster from the build tree and
-        # finds the job through $PCLUSTER_CONNECTION_FILE.
-        mp.setenv("PYTHONPATH", os.pathsep.join(p for p in [pkg, os.environ.get("PYTHONPATH", "")] if p))
-        mp.setenv("PCLUSTER_CONNECTION_FILE", str(job.path))
-        mp.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-        client = _TimedClient(
-            nb,
-            kernel_name="python3",
-            timeout=60,
-            startup_timeout=60,
-            allow_errors=True,
-            resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-        )
-        client.execute()
+    client = execute_notebook(nb, job, NOTEBOOK.parent, _TimedClient)
     return Executed(nb, client)
 
 

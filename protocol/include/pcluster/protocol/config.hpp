@@ -46,6 +46,8 @@ namespace pcluster::config {
       "which real-time signal (SIGRTMIN + n) interrupts an engine's running code")                              \
     X(max_reply_text, "PCLUSTER_MAX_REPLY_TEXT", integer, "1048576", 1024, 4194304, "engines",                    \
       "characters of an exception's message, its traceback or an execute result kept in a reply (the rest is cut, with a note)") \
+    X(max_reply_rich, "PCLUSTER_MAX_REPLY_RICH", integer, "4194304", 1024, 6291456, "engines",                   \
+      "bytes of rich output (display(), figures, publish_data) one reply carries; outputs past it become a note saying what was dropped") \
     X(client_window, "PCLUSTER_CLIENT_WINDOW", integer, "16", 1, 65536, "controller",                             \
       "requests of one client sent to one engine and not yet answered; more wait in the controller")             \
     X(client_shm_mib, "PCLUSTER_CLIENT_SHM_MIB", integer, "1024", 0, 1e7, "controller",                            \

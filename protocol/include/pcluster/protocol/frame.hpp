@@ -21,7 +21,7 @@ namespace pcluster::protocol {
 
 inline constexpr std::uint32_t frame_magic = 0x314C4350;  // "PCL1" read as little-endian bytes
 // Raised on any change to any message (see messages.hpp); tests/unit/golden/ pins each version.
-inline constexpr std::uint16_t protocol_version = 3;
+inline constexpr std::uint16_t protocol_version = 4;
 inline constexpr std::size_t prefix_size = 24;
 inline constexpr std::uint64_t default_max_frame = std::uint64_t{16} << 30;  // 16 GiB
 inline constexpr std::uint32_t max_meta_len = 16u << 20;

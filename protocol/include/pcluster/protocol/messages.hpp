@@ -135,8 +135,10 @@ struct auth_reply {
     PCLUSTER_FIELDS(auth_reply, ok, message, client_no, mac, engines, shm_ok)
 };
 
-// Runs `code` in each target's namespace. Unless `silent`, a final expression statement's value
-// comes back as the reply's execute_result (its repr), as IPython shows Out[...].
+// Runs `code` in each target's namespace; code Python cannot compile may be IPython syntax
+// (%magics, !cmd), run through the engine's IPython shell. Unless `silent`, a final expression
+// statement's value (none when the cell ends in ';') comes back as the reply's execute_result
+// (its repr), as IPython shows Out[...], and its rich mimebundle, if any, in rich_output.
 struct execute_request {
     route r;
     std::string code;
@@ -348,8 +350,16 @@ struct engine_reply {
     std::string stdout_text;
     std::string stderr_text;
     std::optional<std::string> execute_result;
+    // What the request showed through IPython's display protocol: empty (the common case, no
+    // cost) or bytes, a pickle (cloudpickle, protocol 5, in band) made by pcluster._rich of
+    // {"outputs": [{"data": {mime: str}, "metadata": {...}}, ...] (display(), figures; binary
+    // types base64 as in Jupyter), "execute_result": the final expression's mimebundle {"data",
+    // "metadata"} when it has more than text/plain, "data": what publish_data() published}. At
+    // most PCLUSTER_MAX_REPLY_RICH bytes: outputs past it are replaced by a text/plain note.
+    // Opaque to the controller and the bridge; unpickled only by the client.
+    std::string rich_output;
     PCLUSTER_FIELDS(engine_reply, id, engine, origin, status, kind, ename, evalue, traceback, started, completed,
-                    stdout_text, stderr_text, execute_result)
+                    stdout_text, stderr_text, execute_result, rich_output)
 };
 
 // The one constructor of error replies, for every origin (engines' kernel and C++ side,
