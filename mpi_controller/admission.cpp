@@ -96,6 +96,19 @@ std::vector<std::uint64_t> admission::engine_died(int e) {
     return ids;
 }
 
+bool admission::abort(std::uint64_t id) {
+    const auto client = protocol::client_of(id);
+    auto it = clients_.find(client);
+    if (it == clients_.end()) return false;
+    auto& w = it->second.waiting;
+    auto q = std::find_if(w.begin(), w.end(), [&](const request& r) { return r.r.id == id; });
+    if (q == w.end()) return false;
+    w.erase(q);
+    --waiting_;
+    if (!w.empty()) dirty_.insert(client);  // the one behind it may go now
+    return true;
+}
+
 std::vector<std::uint64_t> admission::forget(std::uint32_t client) {
     std::vector<std::uint64_t> ids;
     auto it = clients_.find(client);

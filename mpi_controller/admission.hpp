@@ -55,6 +55,8 @@ public:
     // Engine `e` died: the ids of waiting requests that target it (to be answered with
     // EngineDied for it; when sent later, they go to the other targets only).
     std::vector<std::uint64_t> engine_died(int e);
+    // Request `id` is dropped if it still waits here (view.abort): whether it was.
+    bool abort(std::uint64_t id);
     // The client left: its waiting requests are dropped (nobody would read their replies); their ids.
     std::vector<std::uint64_t> forget(std::uint32_t client);
     // The job is stopping: every waiting request's id (each to be refused), none kept.

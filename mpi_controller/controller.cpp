@@ -321,6 +321,7 @@ private:
             if (req.action == proto::control_action::interrupt) return interrupt(req);
             if (req.action == proto::control_action::signal) return send_signal(req);
             if (req.action == proto::control_action::stop_engines) return stop_engines(req);
+            if (req.action == proto::control_action::abort && !req.r.targets.empty()) return abort_direct(req);
             if (is_store_action(req.action)) return answer_store(req);
             const auto client = proto::client_of(req.r.id);
             if (req.action == proto::control_action::hold_client) gate_.hold(client);
@@ -413,6 +414,29 @@ private:
         }
         watch_.send(e, m);
         rep.engines.push_back({e, 0, done, true});
+    }
+
+    // view.abort: the caller's direct requests `ids` to r.targets. One still waiting here (its
+    // client's window) is dropped and answered; the engines are told to skip one that has not
+    // started there (it may still be on its way): its reply is then TaskAborted. One running or
+    // done is not touched.
+    void abort_direct(const proto::control_request& req) {
+        proto::control_reply rep;
+        rep.id = req.r.id;
+        const auto client = proto::client_of(req.r.id);
+        for (auto id : req.ids) {
+            if (proto::client_of(id) != client) {
+                rep.refused.push_back("request " + std::to_string(id) + ": not this client's");
+            } else if (gate_.abort(id)) {
+                rep.aborted.push_back(id);
+                to_client(proto::error_reply(id, proto::reply_origin::refused, proto::no_engine, proto::error_kind::task_aborted,
+                                             "aborted (view.abort) before it was sent to the engines"));
+            } else {
+                for (int e : req.r.targets)
+                    if (e >= 0 && e < n_ && watch_.alive(e)) watch_.send(e, {wire::control_kind::abort, e, id, 0});
+            }
+        }
+        link_.send(proto::encode(rep));
     }
 
     // rc.shutdown(targets=...): those engine processes end; the job lives on without them, which

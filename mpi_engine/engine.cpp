@@ -329,6 +329,19 @@ private:
     // this catches what escapes the kernel itself, so no request ever kills the engine.
     reply_parts handle(const py::bytearray& frame, py::object part) {
         reply_parts out;
+        if (watch_.any_aborted()) {  // view.abort: a request aborted before it started is not run
+            try {
+                const auto id = proto::decode_route(proto::frame_view(data_of(frame), PyByteArray_Size(frame.ptr()))).id;
+                if (watch_.take_aborted(id)) {
+                    out.own = proto::encode(proto::error_reply(id, proto::reply_origin::engine, id_, proto::error_kind::task_aborted,
+                                                               "aborted (view.abort) before it started on this engine"))
+                                  .flatten();
+                    out.spans.emplace_back(out.own.data(), out.own.size());
+                    return out;
+                }
+            } catch (const std::exception&) {
+            }
+        }
         try {
             out.keep = kernel_.attr("handle")(frame, part);
             for (auto b : out.keep) {

@@ -106,6 +106,15 @@ watch::~watch() {
     if (controller_pidfd_ >= 0) ::close(controller_pidfd_);
 }
 
+bool watch::take_aborted(std::uint64_t id) {
+    std::lock_guard lk(aborted_mu_);
+    auto it = std::find(aborted_.begin(), aborted_.end(), id);
+    if (it == aborted_.end()) return false;
+    aborted_.erase(it);
+    any_aborted_.store(!aborted_.empty(), std::memory_order_release);
+    return true;
+}
+
 bool watch::take_interrupt(std::uint64_t id) {
     std::uint64_t want = id;
     return id != 0 && interrupt_target_.compare_exchange_strong(want, 0);
@@ -237,6 +246,15 @@ void watch::handle(const wire::control_msg& m) {
     case wire::control_kind::rebuild_go:
         build(m.a, m.b);
         return;
+    case wire::control_kind::abort: {
+        // Marks are kept until the request comes (it may still be on its way) or, for one that
+        // ran already, until max_aborted newer marks pushed it out.
+        std::lock_guard lk(aborted_mu_);
+        aborted_.push_back(m.a);
+        if (aborted_.size() > max_aborted) aborted_.pop_front();
+        any_aborted_.store(true, std::memory_order_release);
+        return;
+    }
     case wire::control_kind::stop:
         // rc.shutdown(targets=...) in a job that survives an engine's exit: what runs here ends
         // with the process (its requests fail with EngineDied, the job goes on without it).

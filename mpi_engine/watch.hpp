@@ -18,6 +18,7 @@
 #include <pthread.h>
 
 #include <atomic>
+#include <deque>
 #include <chrono>
 #include <cstdint>
 #include <mutex>
@@ -63,6 +64,11 @@ public:
     // consuming it if so.
     bool take_interrupt(std::uint64_t id);
 
+    // Whether request `id` was aborted (view.abort) before it started here, consuming the mark.
+    // Cheap while nothing is aborted: an atomic load.
+    bool take_aborted(std::uint64_t id);
+    bool any_aborted() const { return any_aborted_.load(std::memory_order_acquire); }
+
     // The engine is dying (os._exit with `code`, or a fatal signal): tell the controller, waiting
     // at most `limit` for the message to leave. Any thread; async-signal handlers go through
     // notify_fatal_signal instead.
@@ -97,6 +103,10 @@ private:
     std::thread builder_;  // may block forever (see above): detached then
     std::atomic<std::uint64_t> running_{0};
     std::atomic<std::uint64_t> interrupt_target_{0};
+    std::atomic<bool> any_aborted_{false};
+    std::mutex aborted_mu_;
+    std::deque<std::uint64_t> aborted_;  // ids marked, oldest first (at most max_aborted)
+    static constexpr std::size_t max_aborted = 4096;
     std::atomic<bool> stop_{false};
     std::mutex mu_;  // guards changes_ and alive_, and serializes sends on control_
     std::vector<epoch_change> changes_;

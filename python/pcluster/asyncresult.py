@@ -282,12 +282,16 @@ class AsyncResult(concurrent.futures.Future):
         return False
 
     def abort(self):
-        """Drops this load-balanced task if no engine has started it (it then fails with
-        TaskAborted); returns 1 if dropped, 0 if it runs or ran already. Requests of a
-        DirectView cannot be aborted here."""
+        """Drops this request if it has not started (it then fails with TaskAborted): a
+        load-balanced task no engine has started (returns 1 if dropped, 0 if it runs or ran);
+        a DirectView request still waiting in the controller (1), or not yet started on its
+        engines, which skip it (0: known only when its replies come)."""
         if self.done():
             return 0
-        return self._client._abort([self.msg_id])
+        if getattr(self, "_is_task", False):
+            return self._client._abort([self.msg_id])
+        engines = [t for t in self._targets if t is not None]
+        return len(self._client._control(_core.control_action.abort, [self.msg_id], engines).aborted)
 
     def interrupt(self):
         """Raise KeyboardInterrupt in this request's code where it runs now (a task: on the

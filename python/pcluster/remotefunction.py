@@ -154,7 +154,7 @@ class ViewCalls:
     def abort(self, jobs=None, targets=None, block=None):
         """Client.abort: drops queued load-balanced tasks (jobs: AsyncResults or ids; default:
         every outstanding one of this client) that no engine has started; returns how many.
-        Requests of a DirectView are not abortable once sent (rc.interrupt() stops running code)."""
+        A DirectView aborts its own requests instead (DirectView.abort)."""
         return self.client.abort(jobs)
 
     def queue_status(self, targets=None, verbose=False):

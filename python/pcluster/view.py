@@ -124,6 +124,28 @@ class DirectView(ViewCalls):
         finally:
             self._targets, self.block, self.track = saved
 
+    def abort(self, jobs=None, targets=None, block=None):
+        """Drop this view's requests that have not started (jobs: AsyncResults, default: every
+        outstanding request sent through this view): one still waiting in the controller is
+        dropped, an engine skips one it has not started; each fails with TaskAborted. Running
+        ones go on (view.interrupt() stops them). Returns None, as ipyparallel's; `block` is
+        accepted for its signature (the controller answers at once)."""
+        from .asyncresult import AsyncResult
+
+        if jobs is None:
+            ars = [self.client._by_id.get(i) for i in self.history]
+            ars = [a for a in ars if a is not None and not a.done()]
+        else:
+            ars = jobs if isinstance(jobs, (list, tuple, set)) else [jobs]
+            if not all(isinstance(a, AsyncResult) for a in ars):
+                raise TypeError("DirectView.abort takes AsyncResults of this view's requests")
+        ars = [a for a in ars if not a.done()]
+        if not ars:
+            return None
+        engines = sorted({t for a in ars for t in a._targets if t is not None})
+        self.client._control(_core.control_action.abort, [a.msg_id for a in ars], engines)
+        return None
+
     def interrupt(self):
         """Raise KeyboardInterrupt in the code running on this view's engines (see
         Client.interrupt); returns the engine ids told."""

@@ -461,3 +461,30 @@ def test_composite_error_tb_limit(rc):
         assert f"{NUM_ENGINES - 1} more exceptions" in "\n".join(e.render_traceback())
     else:
         pytest.fail("no CompositeError")
+
+
+def test_direct_view_abort_drops_requests_not_started(rc):
+    """view.abort(): requests of this view that have not started fail with TaskAborted, those
+    waiting in the controller (beyond the client's window of 16 per engine) and those already
+    queued on the engine alike; the running one finishes; the engine serves on."""
+    import time as _time
+
+    e = rc.ids[-1]
+    dv = rc[e]
+    running = dv.apply_async(_time.sleep, 1.5)
+    queued = [dv.apply_async(lambda k: k, k) for k in range(24)]
+    _time.sleep(0.3)
+    assert dv.abort() is None
+    assert running.get(30) is None
+    for ar in queued:
+        with pytest.raises(ipp.TaskAborted, match="aborted"):
+            ar.get(30)
+    assert dv.apply_sync(lambda: "still serving") == "still serving"
+    one = dv.apply_async(_time.sleep, 1)
+    later = dv.apply_async(lambda: 5)
+    _time.sleep(0.2)
+    assert later.abort() == 0  # on the engine, not started: skipped there
+    with pytest.raises(ipp.TaskAborted):
+        later.get(30)
+    one.get(30)
+    dv.abort(jobs=[one])  # finished: nothing to do

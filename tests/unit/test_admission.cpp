@@ -87,6 +87,19 @@ TEST_CASE("admission: a death is answered for waiting requests; dead targets tak
     CHECK(b.offer(req(1, 2, {0, 2}), alive));
 }
 
+TEST_CASE("admission: an aborted request that waits is dropped, and the one behind it may go", "[admission]") {
+    admission a(3, 1);
+    CHECK(a.offer(req(1, 1, {0}), alive3));
+    CHECK_FALSE(a.offer(req(1, 2, {0}), alive3));
+    CHECK_FALSE(a.offer(req(1, 3, {1}), alive3));  // waits behind 2, though engine 1 has room
+    CHECK_FALSE(a.abort(request_id(1, 1)));         // sent already: not here
+    CHECK(a.abort(request_id(1, 2)));
+    CHECK(a.waiting() == 1);
+    CHECK(ids(a.take_ready(alive3)) == std::vector<std::uint64_t>{request_id(1, 3)});
+    CHECK_FALSE(a.abort(request_id(1, 2)));
+    CHECK_FALSE(a.abort(request_id(7, 1)));
+}
+
 TEST_CASE("admission: a client that leaves takes its waiting requests; a stop takes all", "[admission]") {
     admission a(3, 1);
     CHECK(a.offer(req(1, 1, {0}), alive3));

@@ -21,7 +21,7 @@ namespace pcluster::protocol {
     X(engine_died, "EngineDied", "EngineError", "the engine died while the request waited on it")               \
     X(request_lost, "RequestLost", "EngineError",                                                              \
       "the request never reached this engine: an engine its broadcast went through died")                     \
-    X(task_aborted, "TaskAborted", "TaskError", "the task was aborted (abort(), its client left, shutdown) before it ran") \
+    X(task_aborted, "TaskAborted", "TaskError", "the task (or direct request: view.abort) was aborted (abort(), its client left, shutdown) before it ran") \
     X(task_timeout, "TaskTimeout", "TaskError", "the task waited longer than its timeout= for its dependencies") \
     X(dependency_failed, "DependencyFailed", "DependencyError", "a dependency of the task failed")             \
     X(impossible_dependency, "ImpossibleDependency", "DependencyError",                                        \

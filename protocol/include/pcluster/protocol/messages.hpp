@@ -218,7 +218,10 @@ struct task_request {
 
 // Requests the controller answers itself, with one control_reply; never reach engines.
 //   abort:         drop the tasks `ids` (the caller's own) that have not been sent to an engine;
-//                  each then fails with TaskAborted; running ones are named in `refused`.
+//                  each then fails with TaskAborted; running ones are named in `refused`. With
+//                  r.targets: `ids` are the caller's direct requests to those engines: one still
+//                  waiting in the controller is dropped (in `aborted`), the engines skip one that
+//                  has not started there (its reply: TaskAborted); answered at once.
 //   queue_status:  per engine tasks sent and not answered, and done; tasks not yet sent.
 //   forget_client: the bridge says client client_of(r.id) left: its queued tasks and requests
 //                  are dropped.

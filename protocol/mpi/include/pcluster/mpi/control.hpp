@@ -30,6 +30,7 @@ enum class control_kind : std::uint32_t {
                         // communicators now, over the `b` survivors
     signal = 9,         // controller -> engine: send signal `a` to the engine process (rc.send_signal)
     stop = 10,          // controller -> engine: a client shut this engine down (rc.shutdown(targets=)): exit 0
+    abort = 11,         // controller -> engine: do not run request `a` if it has not started (view.abort)
 };
 
 enum death_how : std::uint64_t { death_unknown = 0, death_exit = 1, death_signal = 2 };
