@@ -34,9 +34,10 @@ def parse_targets(text):
 
 
 class _Options:
-    def __init__(self, targets, block, stream, local=False, groupby="type"):
+    def __init__(self, targets, block, stream, local=False, groupby="type", out=None):
         self.targets, self.block, self.stream, self.local = targets, block, stream, local
         self.groupby = groupby  # how outputs are grouped (AsyncResult.display_outputs)
+        self.out = out  # %%px -o name: the AsyncResult goes into the user's namespace as `name`
 
 
 def _split_options(line, allowed):
@@ -48,7 +49,7 @@ def _split_options(line, allowed):
         if not m:
             break
         name = m.group(1).lstrip("-").replace("-", "_")
-        name = {"t": "targets", "e": "group_outputs=engine", "r": "group_outputs=order"}.get(name, name)
+        name = {"t": "targets", "o": "out", "e": "group_outputs=engine", "r": "group_outputs=order"}.get(name, name)
         if name.startswith("group_outputs=") and "group_outputs" in allowed:
             opts["group_outputs"] = name.split("=")[1]
             rest = rest[m.end():]
@@ -61,6 +62,12 @@ def _split_options(line, allowed):
             if not v:
                 raise UsageError("--targets needs a value: all, an engine id, a slice like 0:4, or ids like 1,3")
             opts["targets"] = parse_targets(v.group(1))
+            rest = rest[v.end():]
+        elif name == "out":
+            v = re.match(r"\s*=?\s*([A-Za-z_]\w*)", rest)
+            if not v:
+                raise UsageError("--out needs a variable name: %%px -o ar")
+            opts["out"] = v.group(1)
             rest = rest[v.end():]
         elif name == "group_outputs":
             v = re.match(r"\s*=?\s*(\w+)", rest)
@@ -118,7 +125,7 @@ class ParallelMagics(Magics):
             view = view.client[t] if t != "all" else view.client[:]
         return view
 
-    def _options(self, line, allowed=("targets", "block", "noblock", "stream", "no_stream", "local", "group_outputs")):
+    def _options(self, line, allowed=("targets", "block", "noblock", "stream", "no_stream", "local", "group_outputs", "out")):
         opts, rest = _split_options(line, allowed)
         # No activated view (%load_ext, or the magics a Client registered): blocking, as the
         # view ipyparallel's Client activates then (views themselves start non-blocking).
@@ -132,7 +139,8 @@ class ParallelMagics(Magics):
             stream = True
         if opts.get("no_stream"):
             stream = False
-        return _Options(opts.get("targets"), block, stream, opts.get("local", False), opts.get("group_outputs", "type")), rest
+        return _Options(opts.get("targets"), block, stream, opts.get("local", False), opts.get("group_outputs", "type"),
+                        opts.get("out")), rest
 
     # --- %px / %%px ---
     def px_line(self, line):
@@ -146,7 +154,7 @@ class ParallelMagics(Magics):
 
     def px_cell(self, line, cell):
         """%%px [--targets T] [--block|--noblock] [--stream|--no-stream] [--local]
-        [--group-outputs=type|engine|order] (-e: engine, -r: order)
+        [--group-outputs=type|engine|order] (-e: engine, -r: order) [-o/--out NAME]
         Runs the cell on the engines; --local also runs it here. What the engines displayed is
         shown after their printed output, grouped as AsyncResult.display_outputs(groupby)."""
         opts, rest = self._options(line)
@@ -165,6 +173,8 @@ class ParallelMagics(Magics):
         self._count += 1
         ar._px_count = self._count
         self.last_result = ar
+        if opts.out:
+            self.shell.user_ns[opts.out] = ar
         if not opts.block:
             return ar
         self._show(ar, opts.stream, opts.groupby)

@@ -566,3 +566,15 @@ def test_activate_outside_ipython_is_an_error(job):
     with pcluster.Client(str(job.path), timeout=10) as c:
         with pytest.raises(RuntimeError, match="IPython"):
             c[:].activate()
+
+
+def test_px_cell_out_stores_the_async_result(shell, capsys):
+    """%%px -o/--out NAME (ipyparallel's): the AsyncResult goes into the user's namespace."""
+    run_ok(shell, capsys, "%%px -o px_out --noblock\nimport time\ntime.sleep(0.2)\n6 * 7")
+    ar = shell.user_ns["px_out"]
+    assert isinstance(ar, pcluster.AsyncResult) and ar.get(30) == [None] * 4
+    assert ar.execute_result == ["42"] * 4
+    run_ok(shell, capsys, "%%px --out=px_out2 --targets 1\npx_o = 1")
+    assert shell.user_ns["px_out2"].done()
+    result, shown = run(shell, capsys, "%%px --out\npass")
+    assert_usage_error(result, shown, "--out needs a variable name")
