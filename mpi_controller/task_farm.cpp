@@ -168,7 +168,12 @@ std::optional<proto::control_reply> task_farm::control(const proto::control_requ
         return std::nullopt;
     case proto::control_action::interrupt:
     case proto::control_action::signal:
-        break;  // the controller's own (controller::interrupt, controller::send_signal)
+    case proto::control_action::results:
+    case proto::control_action::fetch_results:
+    case proto::control_action::purge_results:
+    case proto::control_action::resubmit:
+    case proto::control_action::stop_engines:
+        break;  // the controller's own (controller::interrupt, send_signal, answer_store, stop_engines)
     }
     rep.ok = false;
     rep.message = "unknown control action";
