@@ -397,7 +397,7 @@ class Job:
                     return self.connection_file
                 if state in ENDED:
                     # The bridge may have written the file just before a quick end: not ours to use.
-                    raise JobNotRunning(self._ended_message(rec))
+                    raise JobNotRunning(self._ended_message(self._settled(rec)))
                 now = time.monotonic()
                 if progress:
                     progress(state, reason, now - t0)
@@ -458,6 +458,18 @@ class Job:
         host = info.get("controller_host") or info.get("host")
         nodes = expand_hostlist(rec.get("NodeList"))
         return not nodes or not host or host in nodes or host.split(".")[0] in nodes
+
+    def _settled(self, rec, limit=5.0):
+        """rec, or once a COMPLETING job has its final state (FAILED with its exit code, ...)
+        within `limit` seconds, that record: COMPLETING says only that it is ending."""
+        deadline = time.monotonic() + limit
+        while rec is not None and rec.get("JobState") == "COMPLETING" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = self.record()
+            if now is None:  # forgotten meanwhile: what it said last is all there is
+                break
+            rec = now
+        return rec
 
     def _ended_message(self, rec):
         state = rec.get("JobState", "?")
