@@ -439,7 +439,7 @@ class Client:
         if not status_only and out["completed"]:
             ar = hub.AsyncHubResult(self, out["completed"], single=False)
             ar.wait(30)
-            out.update({i: (v if k == "ok" else v) for i, (k, v) in ar._values.items()})
+            out.update({i: v for i, (_, v) in ar._values.items()})  # a value, or its exception
         return out
 
     def hub_history(self):

@@ -146,13 +146,12 @@ class Hub:
 
     def records(self, ids=None):
         """Records of `ids` (every kept request when None), in that order."""
+        if ids is None:
+            return self._ask(_ACTION.results)[0].records
+        ids = list(ids)
         out = []
-        ids = None if ids is None else list(ids)
-        for k in range(0, 1 if ids is None else len(ids), _FETCH_IDS):
-            part = () if ids is None else ids[k:k + _FETCH_IDS]
-            if ids is not None and not part:
-                break
-            out.extend(self._ask(_ACTION.results, part)[0].records)
+        for k in range(0, len(ids), _FETCH_IDS):
+            out.extend(self._ask(_ACTION.results, ids[k:k + _FETCH_IDS])[0].records)
         return out
 
     def _ask(self, action, ids=(), targets=()):
@@ -250,9 +249,8 @@ class AsyncHubResult(concurrent.futures.Future):
             outcomes = [self._values[i] for i in self.msg_ids]
             errors = [v for kind, v in outcomes if kind == "error"]
             if errors:
-                exc = errors[0] if self._single or len(errors) == 1 and len(outcomes) == 1 else CompositeError(
-                    f"one or more exceptions in {len(errors)} of {len(outcomes)} requests",
-                    [e for e in errors])
+                exc = errors[0] if self._single or len(outcomes) == 1 else CompositeError(
+                    f"one or more exceptions in {len(errors)} of {len(outcomes)} requests", errors)
                 self.set_exception(exc)
             else:
                 vals = [v for _, v in outcomes]

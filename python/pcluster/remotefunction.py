@@ -148,8 +148,7 @@ class ViewCalls:
 
     # --- the Client's verbs, for this view's engines (ipyparallel has them on views too) ---
     def _view_targets(self, targets):
-        t = self.targets if targets is None else targets
-        return None if t is None else t
+        return self.targets if targets is None else targets
 
     def abort(self, jobs=None, targets=None, block=None):
         """Client.abort: drops queued load-balanced tasks (jobs: AsyncResults or ids; default:
